@@ -1,0 +1,6 @@
+//! VMBus for hv_sock: channel messages (byte-exact encode and decode), the
+//! host (server) and guest (client) state machines, and their drivers.
+//!
+//! Owns the control plane. Knows nothing of stream semantics (FIN, close
+//! timers, listeners): that is the `hvsock` crate.
+#![forbid(unsafe_code)]
