@@ -1,0 +1,290 @@
+//! The writing side of one ring: packets in, `write_index` out.
+//!
+//! Owns the writer's private cursor, the two-phase write (packets are written
+//! against a private cursor and published together by [`RingWriter::commit`]),
+//! the never-full rule and the writer's half of the signalling rules. Does not
+//! signal: `commit` says whether the reader must be signalled.
+
+use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
+
+use zerocopy::IntoBytes;
+
+use crate::error::{Corruption, CorruptionKind, IndexField, WriteError};
+use crate::layout::{
+    advance, check_data_len, distance, free, round_up8, GeometryError, PacketDescriptor,
+    DESCRIPTOR_SIZE, TRAILER_SIZE,
+};
+use crate::mem::{word, RingMem};
+
+/// Zero bytes for padding a payload to a multiple of 8.
+const PADDING: [u8; 8] = [0; 8];
+
+/// The writer of one ring.
+///
+/// The writer owns `write_index` and `pending_send_sz`; it reads the peer's
+/// `read_index` and `interrupt_mask`, validating the index on every load.
+#[derive(Debug)]
+pub struct RingWriter<M> {
+    mem: M,
+    size: u32,
+    /// End of the last packet written, published or not.
+    write: u32,
+    /// `write_index` as last published.
+    published: u32,
+    /// `read_index` as last loaded (validated).
+    read: u32,
+    broken: Option<Corruption>,
+}
+
+impl<M: RingMem> RingWriter<M> {
+    /// Attaches a writer to a ring, starting from the indices in its control page.
+    ///
+    /// Fails if the data area is not a usable size or an index in the control
+    /// page is invalid.
+    pub fn new(mem: M) -> Result<Self, AttachError> {
+        let size = check_data_len(mem.data_len())?;
+        let write = mem.load_control(word::WRITE_INDEX, Acquire);
+        check_index(IndexField::WriteIndex, write, size)?;
+        let read = mem.load_control(word::READ_INDEX, Acquire);
+        check_index(IndexField::ReadIndex, read, size)?;
+        Ok(Self {
+            mem,
+            size,
+            write,
+            published: write,
+            read,
+            broken: None,
+        })
+    }
+
+    /// The ring memory.
+    pub fn mem(&self) -> &M {
+        &self.mem
+    }
+
+    /// Size of the data area in bytes.
+    pub fn data_size(&self) -> u32 {
+        self.size
+    }
+
+    /// The corruption that broke this ring, if any.
+    pub fn broken(&self) -> Option<&Corruption> {
+        self.broken.as_ref()
+    }
+
+    /// Free bytes as of the last load of `read_index`, counting packets written
+    /// but not yet committed as used.
+    pub fn cached_free(&self) -> u32 {
+        free(self.write, self.read, self.size)
+    }
+
+    /// Free bytes now: reloads the peer's `read_index`.
+    pub fn free(&mut self) -> Result<u32, Corruption> {
+        self.check_broken()?;
+        self.load_read_index(Acquire)?;
+        Ok(self.cached_free())
+    }
+
+    /// Bytes published but not yet released by the reader, as of the last load.
+    pub fn cached_unread(&self) -> u32 {
+        distance(self.read, self.published, self.size)
+    }
+
+    /// Writes one packet after the last one written, without publishing it.
+    ///
+    /// The payload is the concatenation of `parts` (for hv_sock: the pipe
+    /// header and the data), copied straight into the ring. Padding is zeroed
+    /// and the trailer written. The packet becomes visible to the reader only
+    /// at the next [`commit`](Self::commit).
+    pub fn write_packet(
+        &mut self,
+        packet_type: u16,
+        flags: u16,
+        transaction_id: u64,
+        parts: &[&[u8]],
+    ) -> Result<(), WriteError> {
+        self.check_broken()?;
+        let payload: usize = parts.iter().map(|p| p.len()).sum();
+        let body = round_up8(DESCRIPTOR_SIZE + payload);
+        let needed = body + TRAILER_SIZE;
+        let len8 = u16::try_from(body / 8).ok();
+        let (Some(len8), true) = (len8, needed < self.size as usize) else {
+            return Err(WriteError::TooLarge {
+                needed,
+                data_size: self.size,
+            });
+        };
+        let needed = needed as u32;
+        // Reload the reader's index only when the cached one says no: the
+        // reader only ever frees space, so a stale index errs on the safe side.
+        if self.cached_free() <= needed {
+            self.load_read_index(Acquire)?;
+            let free = self.cached_free();
+            if free <= needed {
+                return Err(WriteError::Full { needed, free });
+            }
+        }
+        let start = self.write;
+        let descriptor = PacketDescriptor {
+            packet_type: packet_type.into(),
+            offset8: ((DESCRIPTOR_SIZE / 8) as u16).into(),
+            len8: len8.into(),
+            flags: flags.into(),
+            transaction_id: transaction_id.into(),
+        };
+        let mut at = self.copy_in(start, descriptor.as_bytes());
+        for part in parts {
+            at = self.copy_in(at, part);
+        }
+        at = self.copy_in(at, &PADDING[..body - DESCRIPTOR_SIZE - payload]);
+        let trailer = u64::from(start) << 32;
+        self.write = self.copy_in(at, &trailer.to_le_bytes());
+        Ok(())
+    }
+
+    /// Publishes every packet written since the last commit.
+    ///
+    /// Returns whether the reader must be signalled: it has not masked
+    /// interrupts and the ring was empty before these packets (the reader had
+    /// released everything published before).
+    #[must_use = "when true, the reader must be signalled"]
+    pub fn commit(&mut self) -> Result<bool, Corruption> {
+        self.check_broken()?;
+        if self.write == self.published {
+            return Ok(false);
+        }
+        let before = self.published;
+        // SeqCst store: releases the packet bytes to the reader, and orders
+        // this store before the loads of the mask and read index below
+        // (store->load). Without that order the reader could unmask and
+        // re-check an empty ring while we read a stale mask: both sleep.
+        self.mem.store_control(word::WRITE_INDEX, self.write, SeqCst);
+        self.published = self.write;
+        let masked = self.mem.load_control(word::INTERRUPT_MASK, SeqCst) != 0;
+        self.load_read_index(SeqCst)?;
+        Ok(!masked && self.read == before)
+    }
+
+    /// Drops every packet written since the last commit.
+    pub fn revert(&mut self) {
+        self.write = self.published;
+    }
+
+    /// Publishes `pending_send_sz`: the reader signals once more than `bytes`
+    /// are free (0 = not waiting). hv_sock guests set it once, permanently.
+    pub fn set_pending_send_size(&self, bytes: u32) {
+        // SeqCst: must be ordered before the re-check of read_index in
+        // `space_after_arming`, or the reader could free space without
+        // seeing the request, and we could sleep on a stale index.
+        self.mem
+            .store_control(word::PENDING_SEND_SIZE, bytes & !7, SeqCst);
+    }
+
+    /// The second half of "arm, then re-check before sleeping": after
+    /// `pending_send_sz` is published, reloads `read_index` and returns
+    /// whether more than `needed` bytes are free now (then do not sleep).
+    pub fn space_after_arming(&mut self, needed: u32) -> Result<bool, Corruption> {
+        self.check_broken()?;
+        self.load_read_index(SeqCst)?;
+        Ok(self.cached_free() > needed)
+    }
+
+    /// Copies `bytes` into the data area at `at`, wrapping at its end, and
+    /// returns the index just past them.
+    fn copy_in(&self, at: u32, bytes: &[u8]) -> u32 {
+        let to_end = (self.size - at) as usize;
+        if bytes.len() <= to_end {
+            self.mem.write_data(at as usize, bytes);
+        } else {
+            let (first, second) = bytes.split_at(to_end);
+            self.mem.write_data(at as usize, first);
+            self.mem.write_data(0, second);
+        }
+        advance(at, bytes.len() as u32, self.size)
+    }
+
+    /// Loads and validates the peer's `read_index`: in range, aligned, and
+    /// moved only forward, no further than what was published.
+    fn load_read_index(&mut self, order: std::sync::atomic::Ordering) -> Result<(), Corruption> {
+        let value = self.mem.load_control(word::READ_INDEX, order);
+        let checked = check_index(IndexField::ReadIndex, value, self.size).and_then(|value| {
+            let allowed = distance(self.read, self.published, self.size);
+            if distance(self.read, value, self.size) > allowed {
+                Err(Corruption::index(
+                    IndexField::ReadIndex,
+                    CorruptionKind::IndexMoved {
+                        field: IndexField::ReadIndex,
+                        last: self.read,
+                        value,
+                        allowed,
+                    },
+                ))
+            } else {
+                Ok(value)
+            }
+        });
+        match checked {
+            Ok(value) => {
+                self.read = value;
+                Ok(())
+            }
+            Err(corruption) => Err(self.poison(corruption)),
+        }
+    }
+
+    fn check_broken(&self) -> Result<(), Corruption> {
+        match &self.broken {
+            Some(corruption) => Err(corruption.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&mut self, corruption: Corruption) -> Corruption {
+        self.broken = Some(corruption.clone());
+        corruption
+    }
+}
+
+/// Why a ring could not be attached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttachError {
+    /// The data area has an unusable size.
+    #[error(transparent)]
+    Geometry(#[from] GeometryError),
+    /// The control page holds an invalid index.
+    #[error(transparent)]
+    Corrupt(#[from] Corruption),
+}
+
+/// Checks that an index loaded from the control page is inside the data area
+/// and 8-aligned.
+pub(crate) fn check_index(field: IndexField, value: u32, size: u32) -> Result<u32, Corruption> {
+    if value >= size {
+        Err(Corruption::index(
+            field,
+            CorruptionKind::IndexOutOfRange {
+                field,
+                value,
+                data_size: size,
+            },
+        ))
+    } else if value % 8 != 0 {
+        Err(Corruption::index(
+            field,
+            CorruptionKind::IndexUnaligned { field, value },
+        ))
+    } else {
+        Ok(value)
+    }
+}
+
+/// Prepares a fresh ring, as the guest does before opening a channel: zeroes
+/// the control page and sets `feature_bits`.
+pub fn init_control_page<M: RingMem>(mem: &M, feature_bits: u32) {
+    for i in 0..crate::mem::CONTROL_WORDS {
+        mem.store_control(i, 0, Relaxed);
+    }
+    // Release: the zeroed page is visible to whoever learns of the ring after
+    // this store.
+    mem.store_control(word::FEATURE_BITS, feature_bits, std::sync::atomic::Ordering::Release);
+}
