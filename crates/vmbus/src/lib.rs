@@ -4,3 +4,15 @@
 //! Owns the control plane. Knows nothing of stream semantics (FIN, close
 //! timers, listeners): that is the `hvsock` crate.
 #![forbid(unsafe_code)]
+
+pub mod messages;
+
+#[doc(hidden)]
+pub mod fuzzing;
+
+pub use messages::{
+    DecodeError, FieldError, Gpadl, GpadlAssembler, GpadlBody, GpadlError, GpadlHeader, Guid,
+    HvsockParams, InitiateContact, Message, MessageType, OfferChannel, OpenChannel,
+    OpenChannelGuestSignal, ParseGuidError, TlConnectRequest, TlConnectResult, VersionResponse,
+    VersionResponseExt,
+};
