@@ -117,7 +117,9 @@ pub enum CorruptionKind {
         offset8: u16,
     },
     /// The packet runs past the bytes the writer published.
-    #[error("a packet of {len} bytes plus its 8-byte trailer exceeds the {available} bytes available")]
+    #[error(
+        "a packet of {len} bytes plus its 8-byte trailer exceeds the {available} bytes available"
+    )]
     PacketBeyondAvailable {
         /// `len8 * 8`.
         len: u32,

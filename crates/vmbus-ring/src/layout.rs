@@ -186,7 +186,10 @@ mod tests {
     fn geometry_is_checked() {
         assert_eq!(check_data_len(20480), Ok(20480));
         assert_eq!(check_data_len(0), Err(GeometryError::NotPageMultiple(0)));
-        assert_eq!(check_data_len(4097), Err(GeometryError::NotPageMultiple(4097)));
+        assert_eq!(
+            check_data_len(4097),
+            Err(GeometryError::NotPageMultiple(4097))
+        );
         assert!(check_data_len(1 << 32).is_err());
     }
 }

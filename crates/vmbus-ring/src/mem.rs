@@ -57,6 +57,14 @@ pub trait RingMem {
 
     /// Copies `src` into the data area, starting at `offset`.
     fn write_data(&self, offset: usize, src: &[u8]);
+
+    /// A full (sequentially consistent) fence between a store of one control
+    /// word and a load of another. The signalling rules depend on it: without
+    /// it both sides can miss each other's update and sleep. Overridden only
+    /// by model checkers that need to see the fence.
+    fn full_fence(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
 }
 
 impl<T: RingMem + ?Sized> RingMem for &T {
@@ -75,6 +83,9 @@ impl<T: RingMem + ?Sized> RingMem for &T {
     fn write_data(&self, offset: usize, src: &[u8]) {
         (**self).write_data(offset, src)
     }
+    fn full_fence(&self) {
+        (**self).full_fence()
+    }
 }
 
 impl<T: RingMem + ?Sized> RingMem for std::sync::Arc<T> {
@@ -92,6 +103,9 @@ impl<T: RingMem + ?Sized> RingMem for std::sync::Arc<T> {
     }
     fn write_data(&self, offset: usize, src: &[u8]) {
         (**self).write_data(offset, src)
+    }
+    fn full_fence(&self) {
+        (**self).full_fence()
     }
 }
 
@@ -123,7 +137,9 @@ impl HeapRingMem {
     pub fn new(data_len: usize) -> Self {
         Self {
             control: (0..CONTROL_WORDS).map(|_| AtomicU32::new(0)).collect(),
-            data: (0..data_len.div_ceil(8)).map(|_| AtomicU64::new(0)).collect(),
+            data: (0..data_len.div_ceil(8))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             data_len,
         }
     }
@@ -168,7 +184,10 @@ impl RingMem for HeapRingMem {
     }
 
     fn read_data(&self, offset: usize, dst: &mut [u8]) {
-        assert!(offset + dst.len() <= self.data_len, "read past the data area");
+        assert!(
+            offset + dst.len() <= self.data_len,
+            "read past the data area"
+        );
         let mut done = 0;
         while done < dst.len() {
             let pos = offset + done;
@@ -181,7 +200,10 @@ impl RingMem for HeapRingMem {
     }
 
     fn write_data(&self, offset: usize, src: &[u8]) {
-        assert!(offset + src.len() <= self.data_len, "write past the data area");
+        assert!(
+            offset + src.len() <= self.data_len,
+            "write past the data area"
+        );
         let mut done = 0;
         while done < src.len() {
             let pos = offset + done;

@@ -41,7 +41,10 @@ pub fn read_pipe_header<M: RingMem>(
     let data_size = header.data_size.get();
     let room = packet.payload_len - PIPE_HEADER_SIZE as u32;
     if data_size > room {
-        return Err(bad(CorruptionKind::PipeDataBeyondPacket { data_size, room }));
+        return Err(bad(CorruptionKind::PipeDataBeyondPacket {
+            data_size,
+            room,
+        }));
     }
     if data_size > max_data {
         return Err(bad(CorruptionKind::PipeDataTooLong {

@@ -6,7 +6,7 @@
 //! publication of `read_index`, and the reader's half of the signalling rules.
 //! Does not signal: [`RingReader::commit`] says whether the writer must be.
 
-use std::sync::atomic::Ordering::{self, Acquire, Relaxed, SeqCst};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 use zerocopy::FromBytes;
 
@@ -112,12 +112,15 @@ impl<M: RingMem> RingReader<M> {
 
     /// Bytes written and not yet consumed: reloads the peer's `write_index`.
     ///
-    /// Uses a sequentially consistent load, so that after a [`commit`](Self::commit)
-    /// (or [`unmask`](Self::unmask)) a result of 0 means the writer will signal
+    /// Fences before the load, so that after a [`commit`](Self::commit) (or
+    /// [`unmask`](Self::unmask)) a result of 0 means the writer will signal
     /// for its next packet: it is the re-check before sleeping.
     pub fn available(&mut self) -> Result<u32, Corruption> {
         self.check_broken()?;
-        self.load_write_index(SeqCst)?;
+        // Pairs with the writer's fence between publishing write_index and
+        // loading our mask and read_index.
+        self.mem.full_fence();
+        self.load_write_index()?;
         Ok(self.cached_available())
     }
 
@@ -130,9 +133,7 @@ impl<M: RingMem> RingReader<M> {
             return Ok(Some(packet));
         }
         if self.cached_available() == 0 {
-            // Acquire: the packet bytes the new index covers must be visible
-            // before we copy them (Linux learnt this on ARM64 in 2022).
-            self.load_write_index(Acquire)?;
+            self.load_write_index()?;
             if self.cached_available() == 0 {
                 return Ok(None);
             }
@@ -183,14 +184,17 @@ impl<M: RingMem> RingReader<M> {
             return Ok(false);
         }
         let before = self.published;
-        // SeqCst store: releases the space only after our copies out of it,
-        // and orders this store before the load of pending_send_sz below, or
-        // the writer could arm its request and re-check a stale read_index
-        // while we read a stale request: both would sleep.
-        self.mem.store_control(word::READ_INDEX, self.read, SeqCst);
+        // Release: our copies out of the space happen before the writer may
+        // reuse it. The fence orders this store before the load of
+        // pending_send_sz: the writer fences between arming its request and
+        // re-checking read_index, so one of us sees the other.
+        self.mem.store_control(word::READ_INDEX, self.read, Release);
         self.published = self.read;
-        let pending = self.mem.load_control(word::PENDING_SEND_SIZE, SeqCst) & !7;
-        if pending == 0 || self.mem.load_control(word::FEATURE_BITS, Relaxed) & FEATURE_PENDING_SEND_SIZE == 0 {
+        self.mem.full_fence();
+        let pending = self.mem.load_control(word::PENDING_SEND_SIZE, Relaxed) & !7;
+        if pending == 0
+            || self.mem.load_control(word::FEATURE_BITS, Relaxed) & FEATURE_PENDING_SEND_SIZE == 0
+        {
             return Ok(false);
         }
         // A request for more than can ever be free would never be satisfied;
@@ -199,7 +203,7 @@ impl<M: RingMem> RingReader<M> {
         // Judge the crossing against the current write_index: a stale one
         // can make an "old" free space look larger than it was and lose the
         // wakeup (the baseline ring's first version hung this way).
-        self.load_write_index(SeqCst)?;
+        self.load_write_index()?;
         let free_before = free(self.write, before, self.size);
         let free_now = free(self.write, self.read, self.size);
         Ok(free_before <= pending && free_now > pending)
@@ -207,17 +211,17 @@ impl<M: RingMem> RingReader<M> {
 
     /// Sets `interrupt_mask`: while masked, the writer does not signal.
     pub fn mask(&self) {
-        self.mem.store_control(word::INTERRUPT_MASK, 1, SeqCst);
+        self.mem.store_control(word::INTERRUPT_MASK, 1, Relaxed);
     }
 
     /// Clears `interrupt_mask`, then re-checks for data: returns the bytes
     /// available. 0 means the writer will signal for its next packet, so the
     /// caller may sleep.
     pub fn unmask(&mut self) -> Result<u32, Corruption> {
-        // SeqCst store then SeqCst load of write_index: a writer that publishes
-        // concurrently either sees the mask clear (and signals) or its
-        // packet is seen here.
-        self.mem.store_control(word::INTERRUPT_MASK, 0, SeqCst);
+        // `available` fences between this store and its load of
+        // write_index: a writer that publishes concurrently either sees the
+        // mask clear (and signals) or its packet is seen here.
+        self.mem.store_control(word::INTERRUPT_MASK, 0, Relaxed);
         self.available()
     }
 
@@ -244,7 +248,10 @@ impl<M: RingMem> RingReader<M> {
         }
         let len = u32::from(len8) * 8;
         if len + TRAILER_SIZE as u32 > available {
-            return Err(bad(CorruptionKind::PacketBeyondAvailable { len, available }));
+            return Err(bad(CorruptionKind::PacketBeyondAvailable {
+                len,
+                available,
+            }));
         }
         if len + TRAILER_SIZE as u32 > self.max_packet {
             return Err(bad(CorruptionKind::PacketTooLong {
@@ -282,8 +289,11 @@ impl<M: RingMem> RingReader<M> {
 
     /// Loads and validates the peer's `write_index`: in range, aligned, and
     /// moved only forward, never into space this reader has not released.
-    fn load_write_index(&mut self, order: Ordering) -> Result<(), Corruption> {
-        let value = self.mem.load_control(word::WRITE_INDEX, order);
+    ///
+    /// Acquire: the packet bytes the index covers must be visible before we
+    /// copy them (Linux learnt this on ARM64 in 2022).
+    fn load_write_index(&mut self) -> Result<(), Corruption> {
+        let value = self.mem.load_control(word::WRITE_INDEX, Acquire);
         let checked = check_index(IndexField::WriteIndex, value, self.size).and_then(|value| {
             // The writer keeps 8 bytes free at all times, counted from the
             // read_index we published.

@@ -5,7 +5,7 @@
 //! the never-full rule and the writer's half of the signalling rules. Does not
 //! signal: `commit` says whether the reader must be signalled.
 
-use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 use zerocopy::IntoBytes;
 
@@ -81,7 +81,7 @@ impl<M: RingMem> RingWriter<M> {
     /// Free bytes now: reloads the peer's `read_index`.
     pub fn free(&mut self) -> Result<u32, Corruption> {
         self.check_broken()?;
-        self.load_read_index(Acquire)?;
+        self.load_read_index()?;
         Ok(self.cached_free())
     }
 
@@ -118,7 +118,7 @@ impl<M: RingMem> RingWriter<M> {
         // Reload the reader's index only when the cached one says no: the
         // reader only ever frees space, so a stale index errs on the safe side.
         if self.cached_free() <= needed {
-            self.load_read_index(Acquire)?;
+            self.load_read_index()?;
             let free = self.cached_free();
             if free <= needed {
                 return Err(WriteError::Full { needed, free });
@@ -154,14 +154,16 @@ impl<M: RingMem> RingWriter<M> {
             return Ok(false);
         }
         let before = self.published;
-        // SeqCst store: releases the packet bytes to the reader, and orders
-        // this store before the loads of the mask and read index below
-        // (store->load). Without that order the reader could unmask and
-        // re-check an empty ring while we read a stale mask: both sleep.
-        self.mem.store_control(word::WRITE_INDEX, self.write, SeqCst);
+        // Release: the packet bytes are visible before the index that covers
+        // them. The fence orders this store before the loads of the mask and
+        // read index (store->load): without it the reader could unmask and
+        // re-check an empty ring while we read a stale mask, and both sleep.
+        self.mem
+            .store_control(word::WRITE_INDEX, self.write, Release);
         self.published = self.write;
-        let masked = self.mem.load_control(word::INTERRUPT_MASK, SeqCst) != 0;
-        self.load_read_index(SeqCst)?;
+        self.mem.full_fence();
+        let masked = self.mem.load_control(word::INTERRUPT_MASK, Relaxed) != 0;
+        self.load_read_index()?;
         Ok(!masked && self.read == before)
     }
 
@@ -173,11 +175,9 @@ impl<M: RingMem> RingWriter<M> {
     /// Publishes `pending_send_sz`: the reader signals once more than `bytes`
     /// are free (0 = not waiting). hv_sock guests set it once, permanently.
     pub fn set_pending_send_size(&self, bytes: u32) {
-        // SeqCst: must be ordered before the re-check of read_index in
-        // `space_after_arming`, or the reader could free space without
-        // seeing the request, and we could sleep on a stale index.
+        // Relaxed: `space_after_arming` fences before it re-checks.
         self.mem
-            .store_control(word::PENDING_SEND_SIZE, bytes & !7, SeqCst);
+            .store_control(word::PENDING_SEND_SIZE, bytes & !7, Relaxed);
     }
 
     /// The second half of "arm, then re-check before sleeping": after
@@ -185,7 +185,11 @@ impl<M: RingMem> RingWriter<M> {
     /// whether more than `needed` bytes are free now (then do not sleep).
     pub fn space_after_arming(&mut self, needed: u32) -> Result<bool, Corruption> {
         self.check_broken()?;
-        self.load_read_index(SeqCst)?;
+        // Orders the store of pending_send_sz before this load of
+        // read_index; the reader fences between its store of read_index and
+        // its load of pending_send_sz. One of us sees the other.
+        self.mem.full_fence();
+        self.load_read_index()?;
         Ok(self.cached_free() > needed)
     }
 
@@ -205,8 +209,11 @@ impl<M: RingMem> RingWriter<M> {
 
     /// Loads and validates the peer's `read_index`: in range, aligned, and
     /// moved only forward, no further than what was published.
-    fn load_read_index(&mut self, order: std::sync::atomic::Ordering) -> Result<(), Corruption> {
-        let value = self.mem.load_control(word::READ_INDEX, order);
+    ///
+    /// Acquire: the reader's copies out of the space it released happen
+    /// before we overwrite that space.
+    fn load_read_index(&mut self) -> Result<(), Corruption> {
+        let value = self.mem.load_control(word::READ_INDEX, Acquire);
         let checked = check_index(IndexField::ReadIndex, value, self.size).and_then(|value| {
             let allowed = distance(self.read, self.published, self.size);
             if distance(self.read, value, self.size) > allowed {
@@ -286,5 +293,9 @@ pub fn init_control_page<M: RingMem>(mem: &M, feature_bits: u32) {
     }
     // Release: the zeroed page is visible to whoever learns of the ring after
     // this store.
-    mem.store_control(word::FEATURE_BITS, feature_bits, std::sync::atomic::Ordering::Release);
+    mem.store_control(
+        word::FEATURE_BITS,
+        feature_bits,
+        std::sync::atomic::Ordering::Release,
+    );
 }

@@ -4,7 +4,9 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use vmbus_ring::layout::{GUEST_MAX_SEND_DATA, MAX_RECV_DATA, MAX_RECV_PACKET, SEED_PENDING_SEND_SIZE};
+use vmbus_ring::layout::{
+    GUEST_MAX_SEND_DATA, MAX_RECV_DATA, MAX_RECV_PACKET, SEED_PENDING_SEND_SIZE,
+};
 use vmbus_ring::mem::word;
 use vmbus_ring::{
     init_control_page, CorruptionKind, HeapRingMem, IndexField, Location, PipeReader, PipeWriter,
@@ -53,7 +55,10 @@ fn vector_b_hello_at_offset_0_signals_the_reader() {
     let mem = guest_ring();
     let mut w = writer(&mem);
     assert_eq!(w.write(b"hello").unwrap(), 5);
-    assert!(w.commit().unwrap(), "empty -> non-empty with the mask clear must signal");
+    assert!(
+        w.commit().unwrap(),
+        "empty -> non-empty with the mask clear must signal"
+    );
     assert_eq!(data(&mem, 0, 40), HELLO);
     assert_eq!(mem.load_control(word::WRITE_INDEX, Relaxed), 40);
 }
@@ -66,9 +71,7 @@ fn vector_a_control_page_after_the_write() {
     w.write(b"hello").unwrap();
     let _ = w.commit().unwrap();
     let mut expected = vec![0u8; 4096];
-    expected[..16].copy_from_slice(&[
-        0x28, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x18, 0x10, 0, 0,
-    ]);
+    expected[..16].copy_from_slice(&[0x28, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x18, 0x10, 0, 0]);
     expected[0x40] = 1;
     assert_eq!(&mem.to_image()[..4096], &expected[..]);
 }
@@ -81,7 +84,10 @@ fn vector_c_fin_after_hello_does_not_signal() {
     w.write(b"hello").unwrap();
     assert!(w.commit().unwrap());
     w.write_fin().unwrap();
-    assert!(!w.commit().unwrap(), "the reader has not caught up: no signal");
+    assert!(
+        !w.commit().unwrap(),
+        "the reader has not caught up: no signal"
+    );
     assert_eq!(data(&mem, 40, 32), FIN_AT_40);
     assert_eq!(mem.load_control(word::WRITE_INDEX, Relaxed), 72);
 
@@ -143,7 +149,11 @@ fn seed_worked_example_of_writable_space() {
     assert_eq!(w.write(&big).unwrap(), 0);
     w.write_fin().unwrap();
     let _ = w.commit().unwrap();
-    assert_eq!(w.ring().cached_free(), 8, "the ring is never completely full");
+    assert_eq!(
+        w.ring().cached_free(),
+        8,
+        "the ring is never completely full"
+    );
 }
 
 /// A ring holding `bytes` at offset 0 with `write_index = len`.
@@ -179,10 +189,16 @@ fn vector_h_data_size_lie_is_rejected() {
 #[test]
 fn vector_h_descriptor_malformations_are_rejected() {
     let cases: [([u8; 8], CorruptionKind); 5] = [
-        ([6, 0, 1, 0, 4, 0, 0, 0], CorruptionKind::DescriptorOffset { offset8: 1 }),
+        (
+            [6, 0, 1, 0, 4, 0, 0, 0],
+            CorruptionKind::DescriptorOffset { offset8: 1 },
+        ),
         (
             [6, 0, 2, 0, 1, 0, 0, 0],
-            CorruptionKind::DescriptorLength { len8: 1, offset8: 2 },
+            CorruptionKind::DescriptorLength {
+                len8: 1,
+                offset8: 2,
+            },
         ),
         (
             [6, 0, 2, 0, 0x0c, 0x0c, 0, 0],
@@ -191,8 +207,14 @@ fn vector_h_descriptor_malformations_are_rejected() {
                 available: 40,
             },
         ),
-        ([6, 0, 2, 0, 4, 0, 2, 0], CorruptionKind::PacketFlags { flags: 2 }),
-        ([5, 0, 2, 0, 4, 0, 0, 0], CorruptionKind::PacketType { packet_type: 5 }),
+        (
+            [6, 0, 2, 0, 4, 0, 2, 0],
+            CorruptionKind::PacketFlags { flags: 2 },
+        ),
+        (
+            [5, 0, 2, 0, 4, 0, 0, 0],
+            CorruptionKind::PacketType { packet_type: 5 },
+        ),
     ];
     for (descriptor, expected) in cases {
         let mut bytes = HELLO;
@@ -276,7 +298,10 @@ fn a_write_index_moved_backwards_breaks_the_reader() {
     mem.store_control(word::WRITE_INDEX, 8, Relaxed);
     let _ = r.read(&mut [0u8; 500]);
     let error = r.ring_mut().available().unwrap_err();
-    assert!(matches!(error.kind, CorruptionKind::IndexMoved { .. }), "{error}");
+    assert!(
+        matches!(error.kind, CorruptionKind::IndexMoved { .. }),
+        "{error}"
+    );
 }
 
 #[test]
@@ -333,7 +358,11 @@ fn a_masked_reader_is_not_signalled() {
     let mut w = writer(&mem);
     w.write(b"x").unwrap();
     assert!(!w.commit().unwrap());
-    assert_eq!(r.ring_mut().unmask().unwrap(), 40, "unmask re-checks and finds the packet");
+    assert_eq!(
+        r.ring_mut().unmask().unwrap(),
+        40,
+        "unmask re-checks and finds the packet"
+    );
 }
 
 #[test]
