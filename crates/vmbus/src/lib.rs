@@ -5,6 +5,7 @@
 //! timers, listeners): that is the `hvsock` crate.
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod ext;
 pub mod messages;
 

@@ -1,0 +1,550 @@
+//! The guest's VMBus client, sans-I/O: version negotiation, offers, and the
+//! life of each channel (GPADL, open, close, teardown, relid release), as a
+//! state machine that takes messages and commands and queues outputs.
+//!
+//! It owns the VMBus side of a guest; it does not decide which offers to
+//! accept or what a channel carries (the `hvsock` crate does), creates no
+//! memory or eventfds (the caller passes them in) and does no I/O.
+//!
+//! Order of use: [`GuestClient::start`], then feed every message from the
+//! host to [`GuestClient::handle`], call the commands ([`tl_connect`],
+//! [`open`], [`close`]) as the application needs, and after each call drain
+//! [`GuestClient::poll_output`]: `Send` outputs go to the host in order,
+//! `Event`s to the application.
+//!
+//! [`tl_connect`]: GuestClient::tl_connect
+//! [`open`]: GuestClient::open
+//! [`close`]: GuestClient::close
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use crate::ext::RingLayout;
+use crate::messages::{
+    Gpadl, Guid, InitiateContact, Message, OfferChannel, OpenChannel, TlConnectRequest,
+    FIRST_LINUX_GPADL_HANDLE, MESSAGE_SINT, USER_DEFINED_SIZE, VERSION_WIN10, VERSION_WIN10_V4_1,
+    VERSION_WIN10_V5, VERSION_WIN10_V5_1, VERSION_WIN10_V5_2, VERSION_WIN10_V5_3,
+};
+
+/// The versions a guest proposes, newest first. hv_sock needs at least
+/// WIN10 (4.0).
+pub const PROPOSED_VERSIONS: [u32; 6] = [
+    VERSION_WIN10_V5_3,
+    VERSION_WIN10_V5_2,
+    VERSION_WIN10_V5_1,
+    VERSION_WIN10_V5,
+    VERSION_WIN10_V4_1,
+    VERSION_WIN10,
+];
+
+/// What the client wants done.
+#[derive(Debug)]
+pub enum Output {
+    /// Send this message to the host, with these fds (SCM_RIGHTS).
+    Send {
+        /// The message.
+        message: Message,
+        /// File descriptors that travel with it.
+        fds: Vec<Arc<OwnedFd>>,
+    },
+    /// Tell the application.
+    Event(Event),
+}
+
+/// Something the application learns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A version was agreed and the initial offers were delivered.
+    Connected {
+        /// The negotiated version.
+        version: u32,
+    },
+    /// The host accepts none of our versions.
+    ContactRefused,
+    /// The host offers a channel. Answer with [`GuestClient::open`] or
+    /// [`GuestClient::close`] (which refuses it).
+    Offer(OfferChannel),
+    /// The host refused a TL connect request.
+    TlConnectRefused {
+        /// The request's guest endpoint id.
+        endpoint_id: Guid,
+        /// The request's host service id.
+        service_id: Guid,
+        /// The NTSTATUS.
+        status: u32,
+    },
+    /// An open finished; `status` 0 means the channel is open.
+    Opened {
+        /// The channel.
+        relid: u32,
+        /// The NTSTATUS of the GPADL or the open.
+        status: u32,
+    },
+    /// The host rescinded the channel. Whatever its state, the application
+    /// must [`close`](GuestClient::close) it to release the relid.
+    Rescinded {
+        /// The channel.
+        relid: u32,
+    },
+    /// The channel is gone for good: its relid was released.
+    Released {
+        /// The channel.
+        relid: u32,
+    },
+}
+
+/// A message from the host that breaks the protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// A message a host never sends, or one that comes before contact.
+    #[error("unexpected {0:?} from the host")]
+    Unexpected(crate::messages::MessageType),
+    /// A message names a channel we do not have.
+    #[error("the host named relid {0}, which is not a channel of ours")]
+    UnknownRelid(u32),
+    /// An offer reuses a relid still in use; the existing channel is kept.
+    #[error("the host offered relid {0}, which is still in use")]
+    RelidInUse(u32),
+    /// A GPADL answer names a handle we did not send.
+    #[error("the host answered for GPADL {0:#x}, which we did not create")]
+    UnknownGpadl(u32),
+    /// A command named a channel in the wrong state.
+    #[error("channel {relid} is {state}, so it cannot be {action}")]
+    WrongState {
+        /// The channel.
+        relid: u32,
+        /// Its state.
+        state: &'static str,
+        /// What was asked.
+        action: &'static str,
+    },
+    /// The rings do not fit a GPADL.
+    #[error("invalid ring layout: {0}")]
+    Layout(String),
+    /// The negotiated version is too old for this operation.
+    #[error("not connected to the host yet")]
+    NotConnected,
+}
+
+/// Where the connection with the host stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Contact {
+    Idle,
+    /// INITIATE_CONTACT sent with `PROPOSED_VERSIONS[i]`.
+    Proposing(usize),
+    /// Version agreed, REQUESTOFFERS sent.
+    RequestingOffers(u32),
+    Ready(u32),
+    Refused,
+}
+
+/// The fds and layout of a channel being opened or open.
+#[derive(Debug)]
+struct Rings {
+    gpadl: u32,
+    layout: RingLayout,
+    signal_to_host: Arc<OwnedFd>,
+    signal_from_host: Arc<OwnedFd>,
+}
+
+#[derive(Debug)]
+enum State {
+    Offered,
+    /// GPADL_HEADER (and bodies) sent.
+    GpadlSent(Rings),
+    /// OPENCHANNEL sent.
+    OpenSent(Rings),
+    Open(Rings),
+    /// CLOSECHANNEL (and GPADL_TEARDOWN) sent; waiting for the torndown
+    /// answer (if `gpadl` is some) and the rescind.
+    Closing {
+        gpadl: Option<u32>,
+    },
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            State::Offered => "offered",
+            State::GpadlSent(_) => "creating its GPADL",
+            State::OpenSent(_) => "opening",
+            State::Open(_) => "open",
+            State::Closing { .. } => "closing",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Channel {
+    state: State,
+    rescinded: bool,
+}
+
+/// The guest's VMBus client.
+#[derive(Debug)]
+pub struct GuestClient {
+    contact: Contact,
+    channels: HashMap<u32, Channel>,
+    next_gpadl: u32,
+    output: VecDeque<Output>,
+}
+
+impl Default for GuestClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GuestClient {
+    /// A client that has not contacted the host yet.
+    pub fn new() -> Self {
+        Self {
+            contact: Contact::Idle,
+            channels: HashMap::new(),
+            next_gpadl: FIRST_LINUX_GPADL_HANDLE,
+            output: VecDeque::new(),
+        }
+    }
+
+    /// The negotiated version, once connected.
+    pub fn version(&self) -> Option<u32> {
+        match self.contact {
+            Contact::Ready(v) | Contact::RequestingOffers(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Channels not yet released.
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// The next output, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.output.pop_front()
+    }
+
+    /// Starts the version negotiation.
+    pub fn start(&mut self) {
+        self.propose(0);
+    }
+
+    fn propose(&mut self, index: usize) {
+        self.contact = Contact::Proposing(index);
+        let version = PROPOSED_VERSIONS[index];
+        // From 5.0 on, the bytes at 16.. name the message SINT instead of an
+        // interrupt page.
+        let target_info = if version >= VERSION_WIN10_V5 {
+            InitiateContact::target_info(MESSAGE_SINT, 0, 0)
+        } else {
+            0
+        };
+        self.send(Message::InitiateContact(InitiateContact {
+            vmbus_version_requested: version,
+            target_vcpu: 0,
+            interrupt_page_or_target_info: target_info,
+            parent_to_child_monitor_page_gpa: 0,
+            child_to_parent_monitor_page_gpa: 0,
+            client_id: None,
+        }));
+    }
+
+    /// Asks the host to connect guest endpoint `endpoint_id` to host service
+    /// `service_id`. The answer is an [`Event::Offer`] whose `if_instance`
+    /// and `if_type` are these ids, or [`Event::TlConnectRefused`].
+    pub fn tl_connect(&mut self, endpoint_id: Guid, service_id: Guid) -> Result<(), ClientError> {
+        if !matches!(self.contact, Contact::Ready(_)) {
+            return Err(ClientError::NotConnected);
+        }
+        self.send(Message::TlConnectRequest(TlConnectRequest {
+            guest_endpoint_id: endpoint_id,
+            host_service_id: service_id,
+            silo_id: None,
+        }));
+        Ok(())
+    }
+
+    /// Opens an offered channel on rings in `memfd` (page `i` of the memfd is
+    /// GPADL page `i`): describes them with a GPADL, then, once the host has
+    /// created it, sends OPENCHANNEL with the two eventfds. The result comes
+    /// as [`Event::Opened`].
+    pub fn open(
+        &mut self,
+        relid: u32,
+        memfd: Arc<OwnedFd>,
+        layout: RingLayout,
+        signal_to_host: Arc<OwnedFd>,
+        signal_from_host: Arc<OwnedFd>,
+    ) -> Result<(), ClientError> {
+        let channel = self.channel_mut(relid)?;
+        if channel.rescinded || !matches!(channel.state, State::Offered) {
+            return Err(ClientError::WrongState {
+                relid,
+                state: if channel.rescinded {
+                    "rescinded"
+                } else {
+                    channel.state.name()
+                },
+                action: "opened",
+            });
+        }
+        let RingLayout {
+            total_pages,
+            guest_to_host_pages,
+        } = layout;
+        if guest_to_host_pages < 2 || total_pages < guest_to_host_pages + 2 {
+            return Err(ClientError::Layout(format!(
+                "{total_pages} pages with {guest_to_host_pages} for the guest -> host ring: each ring needs at least 2"
+            )));
+        }
+        let gpadl = self.allocate_gpadl();
+        let messages = Gpadl::ring(relid, gpadl, (0..u64::from(total_pages)).collect())
+            .to_messages()
+            .map_err(|e| ClientError::Layout(e.to_string()))?;
+        self.channel_mut(relid)?.state = State::GpadlSent(Rings {
+            gpadl,
+            layout,
+            signal_to_host,
+            signal_from_host,
+        });
+        let mut fds = vec![memfd];
+        for message in messages {
+            self.output.push_back(Output::Send {
+                message,
+                fds: std::mem::take(&mut fds),
+            });
+        }
+        Ok(())
+    }
+
+    /// Closes a channel in any state: refuses an offer, abandons an open, or
+    /// tears down an open channel (CLOSECHANNEL, GPADL_TEARDOWN, then
+    /// RELID_RELEASED once the host has rescinded it). Ends with
+    /// [`Event::Released`].
+    pub fn close(&mut self, relid: u32) -> Result<(), ClientError> {
+        let channel = self.channel_mut(relid)?;
+        let rescinded = channel.rescinded;
+        let gpadl = match &channel.state {
+            State::Offered => None,
+            State::GpadlSent(rings) | State::OpenSent(rings) | State::Open(rings) => {
+                Some(rings.gpadl)
+            }
+            State::Closing { .. } => return Ok(()),
+        };
+        let was_offered = matches!(channel.state, State::Offered);
+        if was_offered || rescinded {
+            // Never opened, or the host has withdrawn it: only the relid is
+            // left to give back (Linux skips the GPADL teardown after a
+            // rescind).
+            if !was_offered {
+                self.send(Message::CloseChannel { child_relid: relid });
+            }
+            self.release(relid);
+            return Ok(());
+        }
+        self.send(Message::CloseChannel { child_relid: relid });
+        if let Some(gpadl) = gpadl {
+            self.send(Message::GpadlTeardown {
+                child_relid: relid,
+                gpadl,
+            });
+        }
+        self.channel_mut(relid)?.state = State::Closing { gpadl };
+        Ok(())
+    }
+
+    /// Handles a message from the host.
+    pub fn handle(&mut self, message: Message) -> Result<(), ClientError> {
+        let ty = message.message_type();
+        match message {
+            Message::VersionResponse(response) => {
+                let Contact::Proposing(index) = self.contact else {
+                    return Err(ClientError::Unexpected(ty));
+                };
+                if response.version_supported {
+                    let version = PROPOSED_VERSIONS[index];
+                    self.contact = Contact::RequestingOffers(version);
+                    self.send(Message::RequestOffers);
+                } else if index + 1 < PROPOSED_VERSIONS.len() {
+                    self.propose(index + 1);
+                } else {
+                    self.contact = Contact::Refused;
+                    self.event(Event::ContactRefused);
+                }
+            }
+            Message::AllOffersDelivered => {
+                let Contact::RequestingOffers(version) = self.contact else {
+                    return Err(ClientError::Unexpected(ty));
+                };
+                self.contact = Contact::Ready(version);
+                self.event(Event::Connected { version });
+            }
+            Message::OfferChannel(offer) => {
+                self.require_contact(ty)?;
+                let relid = offer.child_relid;
+                if self.channels.contains_key(&relid) {
+                    return Err(ClientError::RelidInUse(relid));
+                }
+                self.channels.insert(
+                    relid,
+                    Channel {
+                        state: State::Offered,
+                        rescinded: false,
+                    },
+                );
+                self.event(Event::Offer(offer));
+            }
+            Message::TlConnectResult(result) => {
+                self.require_contact(ty)?;
+                self.event(Event::TlConnectRefused {
+                    endpoint_id: result.endpoint_id,
+                    service_id: result.service_id,
+                    status: result.status,
+                });
+            }
+            Message::GpadlCreated {
+                child_relid,
+                gpadl,
+                creation_status,
+            } => self.gpadl_created(child_relid, gpadl, creation_status)?,
+            Message::OpenChannelResult {
+                child_relid,
+                status,
+                ..
+            } => self.open_result(child_relid, status)?,
+            Message::RescindChannelOffer { child_relid } => self.rescinded(child_relid)?,
+            Message::GpadlTorndown { gpadl } => self.torndown(gpadl)?,
+            Message::UnloadResponse => {}
+            other => return Err(ClientError::Unexpected(other.message_type())),
+        }
+        Ok(())
+    }
+
+    fn gpadl_created(&mut self, relid: u32, gpadl: u32, status: u32) -> Result<(), ClientError> {
+        let channel = self.channel_mut(relid)?;
+        let State::GpadlSent(rings) = &channel.state else {
+            return Err(ClientError::UnknownGpadl(gpadl));
+        };
+        if rings.gpadl != gpadl {
+            return Err(ClientError::UnknownGpadl(gpadl));
+        }
+        if status != 0 {
+            // The host kept nothing; the channel is back to "offered" for the
+            // application to close.
+            channel.state = State::Offered;
+            self.event(Event::Opened { relid, status });
+            return Ok(());
+        }
+        let State::GpadlSent(rings) = std::mem::replace(&mut channel.state, State::Offered) else {
+            unreachable!("checked above");
+        };
+        let message = Message::OpenChannel(OpenChannel {
+            child_relid: relid,
+            openid: relid,
+            ringbuffer_gpadlhandle: rings.gpadl,
+            target_vp: 0,
+            downstream_ringbuffer_pageoffset: rings.layout.guest_to_host_pages,
+            userdata: [0; USER_DEFINED_SIZE],
+            guest_signal: None,
+        });
+        let fds = vec![rings.signal_to_host.clone(), rings.signal_from_host.clone()];
+        channel.state = State::OpenSent(rings);
+        self.output.push_back(Output::Send { message, fds });
+        Ok(())
+    }
+
+    fn open_result(&mut self, relid: u32, status: u32) -> Result<(), ClientError> {
+        let channel = self.channel_mut(relid)?;
+        if !matches!(channel.state, State::OpenSent(_)) {
+            return Err(ClientError::Unexpected(
+                crate::messages::MessageType::OPENCHANNEL_RESULT,
+            ));
+        }
+        if status == 0 {
+            if let State::OpenSent(rings) = std::mem::replace(&mut channel.state, State::Offered) {
+                channel.state = State::Open(rings);
+            }
+        }
+        // On failure the GPADL still exists: the application closes the
+        // channel, which tears it down.
+        self.event(Event::Opened { relid, status });
+        Ok(())
+    }
+
+    fn rescinded(&mut self, relid: u32) -> Result<(), ClientError> {
+        let channel = self.channel_mut(relid)?;
+        if channel.rescinded {
+            return Err(ClientError::Unexpected(
+                crate::messages::MessageType::RESCIND_CHANNELOFFER,
+            ));
+        }
+        channel.rescinded = true;
+        match channel.state {
+            State::Closing { gpadl: None } => self.release(relid),
+            State::Closing { .. } => {}
+            _ => self.event(Event::Rescinded { relid }),
+        }
+        Ok(())
+    }
+
+    fn torndown(&mut self, gpadl: u32) -> Result<(), ClientError> {
+        let found = self
+            .channels
+            .iter_mut()
+            .find_map(|(&relid, channel)| match channel.state {
+                State::Closing { gpadl: Some(g) } if g == gpadl => {
+                    channel.state = State::Closing { gpadl: None };
+                    Some((relid, channel.rescinded))
+                }
+                _ => None,
+            });
+        match found {
+            Some((relid, true)) => {
+                self.release(relid);
+                Ok(())
+            }
+            Some((_, false)) => Ok(()),
+            None => Err(ClientError::UnknownGpadl(gpadl)),
+        }
+    }
+
+    fn release(&mut self, relid: u32) {
+        self.channels.remove(&relid);
+        self.send(Message::RelidReleased { child_relid: relid });
+        self.event(Event::Released { relid });
+    }
+
+    fn require_contact(&self, ty: crate::messages::MessageType) -> Result<(), ClientError> {
+        match self.contact {
+            Contact::Ready(_) | Contact::RequestingOffers(_) => Ok(()),
+            _ => Err(ClientError::Unexpected(ty)),
+        }
+    }
+
+    fn channel_mut(&mut self, relid: u32) -> Result<&mut Channel, ClientError> {
+        self.channels
+            .get_mut(&relid)
+            .ok_or(ClientError::UnknownRelid(relid))
+    }
+
+    fn allocate_gpadl(&mut self) -> u32 {
+        let handle = self.next_gpadl;
+        self.next_gpadl = self.next_gpadl.wrapping_add(1).max(1);
+        handle
+    }
+
+    fn send(&mut self, message: Message) {
+        self.output.push_back(Output::Send {
+            message,
+            fds: Vec::new(),
+        });
+    }
+
+    fn event(&mut self, event: Event) {
+        self.output.push_back(Output::Event(event));
+    }
+}
