@@ -8,6 +8,7 @@
 pub mod client;
 pub mod ext;
 pub mod messages;
+pub mod server;
 
 #[doc(hidden)]
 pub mod fuzzing;
