@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod daemon;
 pub mod ext;
 pub mod messages;
 pub mod server;

@@ -1,0 +1,623 @@
+//! The daemon over real sockets in a temporary directory: raw guest and
+//! host clients speaking VMBus and the extension protocol by hand, shared
+//! memory seen from both sides, revocation when a guest's socket closes,
+//! 1,000 channels at once, SO_PEERCRED refusal, stale and live sockets, and
+//! the embedded host.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hvsock_shm::{recv_with_fds, send_with_fds, EventFd, Mapping, SharedMemory, PAGE_SIZE};
+use rustix::net::sockopt::{set_socket_timeout, Timeout};
+use vmbus::daemon::{
+    control, vm_socket_path, Daemon, DaemonConfig, DaemonError, EmbeddedHost, ShutdownHandle,
+};
+use vmbus::ext::{
+    encode_ext, ConnectFailure, Datagram, ExtEvent, ExtRequest, Partition, BYTES_WRITTEN_OFFSET,
+};
+use vmbus::messages::{InitiateContact, OpenChannel, VERSION_WIN10_V5};
+use vmbus::{Gpadl, Guid, Message};
+
+const PORT: u32 = 5000;
+
+/// A daemon on a background thread; shut down and joined on drop.
+struct Running {
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    handle: ShutdownHandle,
+    thread: Option<JoinHandle<Result<(), DaemonError>>>,
+}
+
+impl Running {
+    fn start(vms: &[&str]) -> Running {
+        Self::start_with(vms, None)
+    }
+
+    fn start_with(vms: &[&str], allowed_uids: Option<Vec<u32>>) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("run").join("host.sock");
+        let mut config = DaemonConfig::new(&socket);
+        config.vms = vms.iter().map(|n| (n.to_string(), None)).collect();
+        config.allowed_uids = allowed_uids;
+        let daemon = Daemon::bind(config).unwrap();
+        let handle = daemon.shutdown_handle();
+        let thread = std::thread::spawn(move || daemon.run());
+        Running {
+            dir,
+            socket,
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(&mut self) {
+        self.handle.shutdown();
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap().unwrap();
+        }
+    }
+
+    fn vm_socket(&self, name: &str) -> PathBuf {
+        vm_socket_path(&self.socket, name)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn client(path: &Path) -> OwnedFd {
+    let fd = control::connect(path).unwrap();
+    set_socket_timeout(&fd, Timeout::Recv, Some(Duration::from_secs(10))).unwrap();
+    fd
+}
+
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    limit.current = limit.maximum;
+    let _ = setrlimit(Resource::Nofile, limit);
+}
+
+fn send_vmbus(fd: &OwnedFd, message: Message, fds: &[&dyn AsFd]) {
+    let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+    send_with_fds(fd, &message.encode(), &borrowed).unwrap();
+}
+
+fn send_ext(fd: &OwnedFd, request: &ExtRequest) {
+    send_with_fds(fd, &encode_ext(request), &[]).unwrap();
+}
+
+#[track_caller]
+fn recv(fd: &OwnedFd) -> (Datagram<ExtEvent>, Vec<OwnedFd>) {
+    let mut buf = vec![0u8; vmbus::ext::MAX_DATAGRAM];
+    let (n, fds) = recv_with_fds(fd, &mut buf, 3).expect("a datagram");
+    assert!(n > 0, "the daemon closed the connection");
+    (Datagram::decode(&buf[..n]).unwrap(), fds)
+}
+
+#[track_caller]
+fn recv_vmbus(fd: &OwnedFd) -> Message {
+    match recv(fd) {
+        (Datagram::Vmbus(m), fds) if fds.is_empty() => m,
+        other => panic!("expected a VMBus message, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn recv_event(fd: &OwnedFd) -> (ExtEvent, Vec<OwnedFd>) {
+    match recv(fd) {
+        (Datagram::Ext(e), fds) => (e, fds),
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
+/// Whether the peer closed `fd` within `within`.
+fn closed_within(fd: &OwnedFd, within: Duration) -> bool {
+    set_socket_timeout(fd, Timeout::Recv, Some(within)).unwrap();
+    let mut buf = [0u8; 512];
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        match recv_with_fds(fd, &mut buf, 3) {
+            Ok((0, _)) => return true,
+            Ok(_) => continue,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// A guest process of a VM: VMBus agreed, listening on [`PORT`].
+fn guest(path: &Path) -> OwnedFd {
+    let g = client(path);
+    send_vmbus(
+        &g,
+        Message::InitiateContact(InitiateContact {
+            vmbus_version_requested: VERSION_WIN10_V5,
+            target_vcpu: 0,
+            interrupt_page_or_target_info: InitiateContact::target_info(2, 0, 0),
+            parent_to_child_monitor_page_gpa: 0,
+            child_to_parent_monitor_page_gpa: 0,
+            client_id: None,
+        }),
+        &[],
+    );
+    let Message::VersionResponse(r) = recv_vmbus(&g) else {
+        panic!("expected VERSION_RESPONSE")
+    };
+    assert!(r.version_supported);
+    send_ext(&g, &ExtRequest::GuestListen { port: PORT });
+    assert!(matches!(
+        recv_event(&g).0,
+        ExtEvent::GuestListenResult { error: None, .. }
+    ));
+    g
+}
+
+fn host_connect(host: &OwnedFd, request: u64) {
+    send_ext(
+        host,
+        &ExtRequest::HostConnect {
+            request,
+            vm_id: Guid::ZERO,
+            vm_name: Some("alpha".into()),
+            service_id: Guid::from_vsock_port(PORT),
+        },
+    );
+}
+
+/// The guest accepts an offer: rings of `pages` pages split in half.
+/// Returns the memory and the two eventfds (guest -> host, host -> guest).
+fn accept_offer(g: &OwnedFd, pages: u32, handle: u32) -> (u32, SharedMemory, EventFd, EventFd) {
+    let Message::OfferChannel(offer) = recv_vmbus(g) else {
+        panic!("expected an offer")
+    };
+    assert!(offer.hvsock_params().unwrap().is_for_guest_accept);
+    assert_eq!(offer.if_type, Guid::from_vsock_port(PORT));
+    let relid = offer.child_relid;
+    let mem = SharedMemory::create("guest-rings", pages as usize * PAGE_SIZE).unwrap();
+    let gpadl = Gpadl::ring(relid, handle, (0..u64::from(pages)).collect());
+    let (header, bodies) = gpadl.split().unwrap();
+    send_vmbus(g, Message::GpadlHeader(header), &[&mem]);
+    for body in bodies {
+        send_vmbus(g, Message::GpadlBody(body), &[]);
+    }
+    assert_eq!(
+        recv_vmbus(g),
+        Message::GpadlCreated {
+            child_relid: relid,
+            gpadl: handle,
+            creation_status: 0
+        }
+    );
+    let (g2h, h2g) = (EventFd::new().unwrap(), EventFd::new().unwrap());
+    send_vmbus(
+        g,
+        Message::OpenChannel(OpenChannel {
+            child_relid: relid,
+            openid: relid,
+            ringbuffer_gpadlhandle: handle,
+            target_vp: 0,
+            downstream_ringbuffer_pageoffset: pages / 2,
+            userdata: [0; 120],
+            guest_signal: None,
+        }),
+        &[&g2h, &h2g],
+    );
+    assert_eq!(
+        recv_vmbus(g),
+        Message::OpenChannelResult {
+            child_relid: relid,
+            openid: relid,
+            status: 0
+        }
+    );
+    (relid, mem, g2h, h2g)
+}
+
+#[test]
+fn host_connects_to_a_guest_and_both_share_the_rings() {
+    let mut d = Running::start(&["alpha"]);
+    assert!(d.socket.exists() && d.vm_socket("alpha").exists());
+    let g = guest(&d.vm_socket("alpha"));
+    let host = client(&d.socket);
+    host_connect(&host, 1);
+    let (relid, guest_mem, g2h, h2g) = accept_offer(&g, 12, 0xE1E10);
+    let (event, mut fds) = recv_event(&host);
+    let ExtEvent::HostConnected {
+        request,
+        conn,
+        layout,
+        ..
+    } = event
+    else {
+        panic!("{event:?}")
+    };
+    assert_eq!(request, 1);
+    assert_eq!((layout.total_pages, layout.guest_to_host_pages), (12, 6));
+    assert_eq!(fds.len(), 3);
+    let host_h2g = EventFd::from_fd(fds.pop().unwrap()).unwrap();
+    let host_g2h = EventFd::from_fd(fds.pop().unwrap()).unwrap();
+    let host_mem = SharedMemory::from_fd(fds.pop().unwrap(), 12 * PAGE_SIZE).unwrap();
+
+    // Bytes written on one side are read on the other, both ways.
+    let (gm, hm) = (
+        Mapping::new(&guest_mem).unwrap(),
+        Mapping::new(&host_mem).unwrap(),
+    );
+    gm.write(PAGE_SIZE, b"guest to host").unwrap();
+    let mut buf = [0u8; 13];
+    hm.read(PAGE_SIZE, &mut buf).unwrap();
+    assert_eq!(&buf, b"guest to host");
+    hm.write(7 * PAGE_SIZE, b"host to guest").unwrap();
+    gm.read(7 * PAGE_SIZE, &mut buf).unwrap();
+    assert_eq!(&buf, b"host to guest");
+    // Signals travel over the shared eventfds.
+    g2h.signal().unwrap();
+    assert!(host_g2h.wait_timeout(Duration::from_secs(1)).unwrap());
+    host_h2g.signal().unwrap();
+    assert!(h2g.wait_timeout(Duration::from_secs(1)).unwrap());
+
+    // Stat sees the channel, its fill levels and counters.
+    gm.write(0, &48u32.to_le_bytes()).unwrap();
+    gm.write(BYTES_WRITTEN_OFFSET, &40u64.to_le_bytes())
+        .unwrap();
+    let ExtEvent::Stat { report } = control::request(&host, &ExtRequest::Stat).unwrap() else {
+        panic!()
+    };
+    let ch = report.channels.iter().find(|c| c.relid == relid).unwrap();
+    assert_eq!(ch.state, "open");
+    assert_eq!(ch.guest_to_host_fill, Some((48, 5 * PAGE_SIZE as u32)));
+    assert_eq!(ch.guest_bytes, Some(40));
+    assert_eq!(ch.host_to_guest_fill, Some((0, 5 * PAGE_SIZE as u32)));
+    assert_eq!(report.vms[0].name, "alpha");
+    assert_eq!(report.processes.len(), 2);
+
+    // The guest process dies (its socket closes): the host hears at once.
+    let started = Instant::now();
+    drop(g);
+    let (event, _) = recv_event(&host);
+    assert!(
+        matches!(event, ExtEvent::HostRevoked { conn: c, .. } if c == conn),
+        "{event:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    d.stop();
+    assert!(!d.socket.exists(), "shutdown removes the host socket");
+    assert!(!d.vm_socket("alpha").exists());
+    assert!(
+        !d.socket.parent().unwrap().exists(),
+        "and the directory it created"
+    );
+}
+
+#[test]
+fn guest_connects_to_a_host_listener() {
+    let d = Running::start(&["alpha"]);
+    let host = client(&d.socket);
+    send_ext(
+        &host,
+        &ExtRequest::HostListen {
+            service_id: Guid::from_vsock_port(80),
+            vm_id: Guid::ZERO,
+        },
+    );
+    assert!(matches!(
+        recv_event(&host).0,
+        ExtEvent::HostListenResult { error: None, .. }
+    ));
+    let g = guest(&d.vm_socket("alpha"));
+    // A refused connect first (nobody on port 81).
+    send_vmbus(
+        &g,
+        Message::TlConnectRequest(vmbus::TlConnectRequest {
+            guest_endpoint_id: Guid::from_vsock_port(1025),
+            host_service_id: Guid::from_vsock_port(81),
+            silo_id: None,
+        }),
+        &[],
+    );
+    assert!(matches!(recv_vmbus(&g), Message::TlConnectResult(r) if r.status == 0xC000_0236));
+    send_vmbus(
+        &g,
+        Message::TlConnectRequest(vmbus::TlConnectRequest {
+            guest_endpoint_id: Guid::from_vsock_port(1025),
+            host_service_id: Guid::from_vsock_port(80),
+            silo_id: None,
+        }),
+        &[],
+    );
+    let Message::OfferChannel(offer) = recv_vmbus(&g) else {
+        panic!()
+    };
+    assert!(!offer.hvsock_params().unwrap().is_for_guest_accept);
+    let relid = offer.child_relid;
+    let mem = SharedMemory::create("g", 8 * PAGE_SIZE).unwrap();
+    send_vmbus(
+        &g,
+        Gpadl::ring(relid, 7, (0..8).collect())
+            .to_messages()
+            .unwrap()[0]
+            .clone(),
+        &[&mem],
+    );
+    assert!(matches!(
+        recv_vmbus(&g),
+        Message::GpadlCreated {
+            creation_status: 0,
+            ..
+        }
+    ));
+    let (a, b) = (EventFd::new().unwrap(), EventFd::new().unwrap());
+    send_vmbus(
+        &g,
+        Message::OpenChannel(OpenChannel {
+            child_relid: relid,
+            openid: relid,
+            ringbuffer_gpadlhandle: 7,
+            target_vp: 0,
+            downstream_ringbuffer_pageoffset: 4,
+            userdata: [0; 120],
+            guest_signal: None,
+        }),
+        &[&a, &b],
+    );
+    assert!(matches!(
+        recv_vmbus(&g),
+        Message::OpenChannelResult { status: 0, .. }
+    ));
+    let (event, fds) = recv_event(&host);
+    let ExtEvent::HostIncoming {
+        conn, endpoint_id, ..
+    } = event
+    else {
+        panic!("{event:?}")
+    };
+    assert_eq!(endpoint_id, Guid::from_vsock_port(1025));
+    assert_eq!(fds.len(), 3);
+    // The host closes: the guest gets the rescind, tears down, releases.
+    send_ext(&host, &ExtRequest::HostClose { conn });
+    assert_eq!(
+        recv_vmbus(&g),
+        Message::RescindChannelOffer { child_relid: relid }
+    );
+    send_vmbus(&g, Message::CloseChannel { child_relid: relid }, &[]);
+    send_vmbus(
+        &g,
+        Message::GpadlTeardown {
+            child_relid: relid,
+            gpadl: 7,
+        },
+        &[],
+    );
+    assert_eq!(recv_vmbus(&g), Message::GpadlTorndown { gpadl: 7 });
+    send_vmbus(&g, Message::RelidReleased { child_relid: relid }, &[]);
+    let ExtEvent::Stat { report } = control::request(&host, &ExtRequest::Stat).unwrap() else {
+        panic!()
+    };
+    assert!(report.channels.is_empty());
+}
+
+#[test]
+fn a_thousand_channels_through_the_daemon() {
+    raise_fd_limit();
+    let d = Running::start(&["alpha"]);
+    let g = guest(&d.vm_socket("alpha"));
+    let host = client(&d.socket);
+    let mut conns = std::collections::HashSet::new();
+    for i in 0..1000u32 {
+        host_connect(&host, u64::from(i));
+        // The guest keeps nothing: the daemon and the host hold the rings.
+        let _ = accept_offer(&g, 4, 0x1000 + i);
+        let (event, fds) = recv_event(&host);
+        let ExtEvent::HostConnected { conn, .. } = event else {
+            panic!("channel {i}: {event:?}")
+        };
+        assert_eq!(fds.len(), 3);
+        assert!(conns.insert(conn));
+    }
+    let ExtEvent::Stat { report } = control::request(&host, &ExtRequest::Stat).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        report.channels.iter().filter(|c| c.state == "open").count(),
+        1000
+    );
+    drop(g);
+    for _ in 0..1000 {
+        assert!(matches!(recv_event(&host).0, ExtEvent::HostRevoked { .. }));
+    }
+}
+
+#[test]
+fn garbage_disconnects_only_its_sender() {
+    let d = Running::start(&["alpha"]);
+    let good = client(&d.socket);
+    let bad = client(&d.socket);
+    send_with_fds(&bad, b"\x01\x02\x03 not a message", &[]).unwrap();
+    assert!(closed_within(&bad, Duration::from_secs(5)));
+    let bad_guest = client(&d.vm_socket("alpha"));
+    send_vmbus(&bad_guest, Message::RequestOffers, &[]);
+    assert!(closed_within(&bad_guest, Duration::from_secs(5)));
+    let ExtEvent::VmList { vms } = control::request(&good, &ExtRequest::VmList).unwrap() else {
+        panic!()
+    };
+    assert_eq!(vms.len(), 1);
+    assert_eq!(vms[0].cid, 3);
+}
+
+#[test]
+fn peers_of_another_uid_are_refused() {
+    // The daemon may accept only a uid that is not ours (root included).
+    let me = rustix::process::getuid().as_raw();
+    let other = if me == 4242 { 4243 } else { 4242 };
+    let d = Running::start_with(&["alpha"], Some(vec![other]));
+    let fd = client(&d.socket);
+    assert!(
+        closed_within(&fd, Duration::from_secs(5)),
+        "the daemon must close the connection"
+    );
+    let fd = client(&d.socket);
+    assert!(control::request(&fd, &ExtRequest::VmList).is_err());
+}
+
+#[test]
+fn a_live_daemon_blocks_a_second_one_and_a_stale_socket_is_replaced() {
+    let mut d = Running::start(&[]);
+    let second = Daemon::bind(DaemonConfig::new(&d.socket));
+    let err = second.unwrap_err();
+    assert!(matches!(err, DaemonError::AlreadyRunning { .. }), "{err}");
+    assert!(err.to_string().contains("a host is already running at"));
+    d.stop();
+
+    // A socket file nobody listens on, as a killed daemon leaves it.
+    let stale = d.dir.path().join("stale.sock");
+    {
+        let fd = rustix::net::socket(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            None,
+        )
+        .unwrap();
+        rustix::net::bind(&fd, &rustix::net::SocketAddrUnix::new(&stale).unwrap()).unwrap();
+    }
+    assert!(stale.exists());
+    let daemon = Daemon::bind(DaemonConfig::new(&stale)).unwrap();
+    drop(daemon);
+    assert!(
+        !stale.exists(),
+        "dropping an unrun daemon removes its socket"
+    );
+    // Not a socket: refused.
+    let file = d.dir.path().join("file.sock");
+    std::fs::write(&file, b"x").unwrap();
+    assert!(matches!(
+        Daemon::bind(DaemonConfig::new(&file)),
+        Err(DaemonError::NotASocket { .. })
+    ));
+    // And a client with no daemon gets the friendly error.
+    let err = control::connect(&d.socket).unwrap_err();
+    assert!(
+        err.to_string().contains("start one with `hvsock host`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn socket_permissions_and_vm_sockets_follow_the_vms() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = Running::start(&["alpha"]);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(d.socket.parent().unwrap()), 0o700);
+    assert_eq!(mode(&d.socket), 0o600);
+    assert_eq!(mode(&d.vm_socket("alpha")), 0o600);
+    let admin = client(&d.socket);
+    let event = control::request(
+        &admin,
+        &ExtRequest::VmAdd {
+            name: "beta".into(),
+            id: None,
+        },
+    )
+    .unwrap();
+    assert!(
+        matches!(event, ExtEvent::VmResult { vm: Some(ref vm), .. } if vm.cid == 4),
+        "{event:?}"
+    );
+    assert!(d.vm_socket("beta").exists());
+    let beta_guest = client(&d.vm_socket("beta"));
+    // A guest may not administer.
+    assert!(matches!(
+        control::request(
+            &beta_guest,
+            &ExtRequest::VmRemove {
+                name: "alpha".into()
+            }
+        )
+        .unwrap(),
+        ExtEvent::Refused { .. }
+    ));
+    let event = control::request(
+        &admin,
+        &ExtRequest::VmRemove {
+            name: "beta".into(),
+        },
+    )
+    .unwrap();
+    assert!(matches!(event, ExtEvent::VmResult { vm: Some(_), .. }));
+    assert!(!d.vm_socket("beta").exists());
+    assert!(closed_within(&beta_guest, Duration::from_secs(5)));
+}
+
+#[test]
+fn the_embedded_host_runs_the_same_loop() {
+    let host = EmbeddedHost::start(&[("alpha", None)]).unwrap();
+    let alpha = vmbus::server::derived_vm_id("alpha");
+    assert!(matches!(
+        host.connect(Partition::Vm(Guid::from_vsock_port(1))),
+        Err(DaemonError::NoSuchVm(_))
+    ));
+    let g = host.connect(Partition::Vm(alpha)).unwrap();
+    set_socket_timeout(&g, Timeout::Recv, Some(Duration::from_secs(10))).unwrap();
+    let h = host.connect(Partition::Root).unwrap();
+    set_socket_timeout(&h, Timeout::Recv, Some(Duration::from_secs(10))).unwrap();
+    // Reuse the raw guest: handshake and listen by hand.
+    send_vmbus(
+        &g,
+        Message::InitiateContact(InitiateContact {
+            vmbus_version_requested: VERSION_WIN10_V5,
+            target_vcpu: 0,
+            interrupt_page_or_target_info: 0,
+            parent_to_child_monitor_page_gpa: 0,
+            child_to_parent_monitor_page_gpa: 0,
+            client_id: None,
+        }),
+        &[],
+    );
+    assert!(matches!(recv_vmbus(&g), Message::VersionResponse(_)));
+    send_ext(&g, &ExtRequest::GuestListen { port: PORT });
+    assert!(matches!(
+        recv_event(&g).0,
+        ExtEvent::GuestListenResult { error: None, .. }
+    ));
+    host_connect(&h, 9);
+    let (_relid, _mem, _a, _b) = accept_offer(&g, 6, 1);
+    assert!(matches!(
+        recv_event(&h).0,
+        ExtEvent::HostConnected { request: 9, .. }
+    ));
+    // Unknown VM by name.
+    send_ext(
+        &h,
+        &ExtRequest::HostConnect {
+            request: 10,
+            vm_id: Guid::ZERO,
+            vm_name: Some("nope".into()),
+            service_id: Guid::from_vsock_port(PORT),
+        },
+    );
+    assert!(matches!(
+        recv_event(&h).0,
+        ExtEvent::HostConnectFailed {
+            failure: ConnectFailure::NoSuchVm,
+            ..
+        }
+    ));
+    let beta = host.add_vm("beta", None).unwrap();
+    assert_eq!(beta.cid, 4);
+    assert!(host.add_vm("beta", None).is_err());
+    host.remove_vm("beta").unwrap();
+    drop(host);
+    assert!(
+        closed_within(&h, Duration::from_secs(5)),
+        "dropping the host closes its clients"
+    );
+}
