@@ -4,7 +4,10 @@
 //! codes. Each command lives in its own module; protocol logic lives in the
 //! library crates, never here.
 
+mod host;
 mod ring_dump;
+mod stat;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -27,6 +30,27 @@ enum Command {
     /// Work with VMBus ring images.
     #[command(subcommand)]
     Ring(RingCommand),
+    /// Run the emulated Hyper-V host in the foreground (Ctrl-C stops it and
+    /// removes its sockets).
+    #[command(after_help = "\
+Host processes connect to the host socket; a process becomes a guest of VM
+NAME by connecting to vm-NAME.sock next to it.
+
+Examples:
+  hvsock host --vm alpha
+  hvsock host --socket /tmp/hv/host.sock --vm alpha --vm beta=3f2504e0-4f89-11d3-9a0c-0305e82c3301
+  HVSOCK_SOCKET=/tmp/hv/host.sock hvsock host")]
+    Host(host::HostArgs),
+    /// Manage the VMs of a running host.
+    #[command(subcommand)]
+    Vm(vm::VmCommand),
+    /// Show a running host's VMs, processes and channels (ring fill, bytes).
+    #[command(after_help = "\
+Examples:
+  hvsock stat
+  hvsock stat --json
+  hvsock stat --watch --socket /tmp/hv/host.sock")]
+    Stat(stat::StatArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -47,9 +71,12 @@ Examples:
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    init_logging(cli.verbose, matches!(cli.command, Command::Host(_)));
     let result = match cli.command {
         Command::Ring(RingCommand::Dump(args)) => ring_dump::run(&args),
+        Command::Host(args) => host::run(&args),
+        Command::Vm(command) => vm::run(&command),
+        Command::Stat(args) => stat::run(&args),
     };
     match result {
         Ok(code) => code,
@@ -60,8 +87,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(verbose: u8) {
+/// `daemon`: a long-running command, whose lifecycle (info) is logged.
+fn init_logging(verbose: u8, daemon: bool) {
     let default = match verbose {
+        0 if daemon => "info",
         0 => "warn",
         1 => "debug",
         _ => "trace",

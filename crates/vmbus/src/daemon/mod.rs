@@ -284,6 +284,25 @@ impl EmbeddedHost {
         Ok(answer.recv().map_err(|_| DaemonError::Stopped)??)
     }
 
+    /// The VMs, as the host knows them (asked over a root connection, as
+    /// `hvsock vm list` does).
+    pub fn vms(&self) -> Result<Vec<VmInfo>, DaemonError> {
+        let socket = self.connect(Partition::Root)?;
+        match control::request(&socket, &crate::ext::ExtRequest::VmList)? {
+            crate::ext::ExtEvent::VmList { vms } => Ok(vms),
+            other => Err(DaemonError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// The id of the VM named `name`, if there is one.
+    pub fn vm_id(&self, name: &str) -> Option<Guid> {
+        self.vms()
+            .ok()?
+            .into_iter()
+            .find(|vm| vm.name == name)
+            .map(|vm| vm.id)
+    }
+
     /// Removes a VM (its channels end, its processes are disconnected).
     pub fn remove_vm(&self, name: &str) -> Result<VmInfo, DaemonError> {
         let (reply, answer) = mpsc::channel();
