@@ -5,10 +5,22 @@
 #![forbid(unsafe_code)]
 
 pub mod addr;
+mod blocking;
+mod channel;
+mod endpoint;
+mod error;
 pub mod hybrid;
+#[cfg(feature = "tokio")]
+pub mod tokio;
+mod wait;
 
 #[doc(hidden)]
 pub mod fuzzing;
 
 pub use addr::{HostTarget, HvAddr, ServiceId, Target, VmRef, VsockAddr, WellKnownVm};
+pub use blocking::{
+    ConnectOptions, Guest, Host, HvListener, HvStream, VsockListener, VsockStream, DEFAULT_BACKLOG,
+    DEFAULT_GUEST_CONNECT_TIMEOUT, DEFAULT_HOST_CONNECT_TIMEOUT,
+};
+pub use endpoint::{DEFAULT_RING_PAGES, MAX_RING_PAGES, SEED_RING_PAGES};
 pub use vmbus::Guid;

@@ -1,0 +1,468 @@
+//! The data plane of one connection: two rings in shared memory and two
+//! eventfds, with hv_sock's stream rules on top (FIN, shutdown, the end of
+//! the channel), for either side of the channel.
+//!
+//! Owns reading, writing, peeking, shutting down and waiting. Knows nothing
+//! of how the channel was set up or will be torn down (the endpoint does
+//! that); it learns that the peer is gone through [`ChannelIo::mark_gone`].
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use hvsock_shm::{ring_pair, EventFd, Mapping};
+use vmbus::ext::{RingLayout, BYTES_WRITTEN_OFFSET};
+use vmbus_ring::layout::{
+    hvs_packet_len, GUEST_MAX_SEND_DATA, MAX_RECV_DATA, MAX_RECV_PACKET, PAGE_SIZE,
+    SEED_PENDING_SEND_SIZE,
+};
+use vmbus_ring::{PipeReader, PipeWriteError, PipeWriter, RingReader, RingWriter, WriteError};
+
+use crate::error::{corrupt, err, shm_io};
+use crate::wait::Waiter;
+
+type Mem = hvsock_shm::SharedRingMem;
+
+/// Which end of the channel this process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// Writes the guest → host ring (at page 0), reads the other.
+    Guest,
+    /// Writes the host → guest ring, reads the guest → host one.
+    Host,
+}
+
+/// Why the peer is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Gone {
+    /// The channel was withdrawn (rescinded or revoked); `reason` says why.
+    Closed(String),
+}
+
+#[derive(Debug)]
+struct Tx {
+    writer: PipeWriter<Mem>,
+    shut: bool,
+    bytes: u64,
+}
+
+#[derive(Debug)]
+struct Rx {
+    reader: PipeReader<Mem>,
+    shut: bool,
+}
+
+/// One connection's rings and signals.
+#[derive(Debug)]
+pub(crate) struct ChannelIo {
+    tx: Mutex<Tx>,
+    rx: Mutex<Rx>,
+    /// Signalled to wake the peer.
+    peer: EventFd,
+    /// Signalled by the peer (and by us, to wake our own waiters).
+    waiter: Waiter,
+    gone: Mutex<Option<Gone>>,
+    mapping: Arc<Mapping>,
+    /// Where the count of bytes we wrote lives (informational, for stat).
+    counter_offset: usize,
+    /// Spin this long (nanoseconds) before sleeping; 0 = never spin.
+    busy_poll: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ChannelIo {
+    /// Attaches to the rings of a channel. `incoming` is the eventfd the
+    /// peer signals, `outgoing` the one we signal.
+    pub(crate) fn new(
+        side: Side,
+        mapping: Arc<Mapping>,
+        layout: RingLayout,
+        incoming: EventFd,
+        outgoing: EventFd,
+    ) -> io::Result<Self> {
+        let g2h = layout.guest_to_host_pages as usize;
+        let h2g = (layout.total_pages - layout.guest_to_host_pages) as usize;
+        let pair = ring_pair(mapping.clone(), g2h, h2g).map_err(shm_io)?;
+        let (tx_mem, rx_mem, max_send, tx_offset) = match side {
+            Side::Guest => (
+                pair.guest_to_host,
+                pair.host_to_guest,
+                GUEST_MAX_SEND_DATA,
+                0,
+            ),
+            Side::Host => (
+                pair.host_to_guest,
+                pair.guest_to_host,
+                MAX_RECV_DATA,
+                g2h * PAGE_SIZE,
+            ),
+        };
+        let attach = |e: vmbus_ring::AttachError| {
+            err(
+                io::ErrorKind::InvalidData,
+                format!("cannot use the channel's rings: {e}"),
+            )
+        };
+        let writer = RingWriter::new(tx_mem).map_err(attach)?;
+        // The seed's rule, kept for good: ask once for room for one maximal
+        // packet and never clear it (clearing it raced with the reader in
+        // Linux before 2019). A ring too small for one is asked for less.
+        let pending = match side {
+            Side::Guest => SEED_PENDING_SEND_SIZE,
+            Side::Host => hvs_packet_len(MAX_RECV_DATA) as u32,
+        }
+        .min(writer.data_size() - 8);
+        writer.set_pending_send_size(pending);
+        let reader = RingReader::new(rx_mem, MAX_RECV_PACKET as u32).map_err(attach)?;
+        Ok(Self {
+            tx: Mutex::new(Tx {
+                writer: PipeWriter::new(writer, max_send as u32),
+                shut: false,
+                bytes: 0,
+            }),
+            rx: Mutex::new(Rx {
+                reader: PipeReader::new(reader, MAX_RECV_DATA as u32),
+                shut: false,
+            }),
+            peer: outgoing,
+            waiter: Waiter::new(incoming),
+            gone: Mutex::new(None),
+            mapping,
+            counter_offset: tx_offset + BYTES_WRITTEN_OFFSET,
+            busy_poll: AtomicU64::new(0),
+        })
+    }
+
+    /// The eventfd that becomes readable when the peer signals (data or
+    /// space). Edge-triggered: read or write until `WouldBlock` first.
+    pub(crate) fn readiness(&self) -> &EventFd {
+        self.waiter.event()
+    }
+
+    /// Spin for up to `spin` before sleeping (busy-poll), or never.
+    pub(crate) fn set_busy_poll(&self, spin: Option<Duration>) {
+        let nanos = spin.map_or(0, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64);
+        self.busy_poll.store(nanos, Relaxed);
+    }
+
+    /// Wakes everyone waiting on this channel, to re-check.
+    pub(crate) fn wake(&self) {
+        self.waiter.wake();
+    }
+
+    /// The peer is gone: wakes everyone waiting on this channel.
+    pub(crate) fn mark_gone(&self, gone: Gone) {
+        lock(&self.gone).get_or_insert(gone);
+        self.waiter.wake();
+    }
+
+    fn gone(&self) -> Option<Gone> {
+        lock(&self.gone).clone()
+    }
+
+    fn signal_peer(&self) -> io::Result<()> {
+        self.peer.signal().map_err(shm_io)
+    }
+
+    /// Reads stream bytes; `Ok(0)` is the end of the stream.
+    pub(crate) fn read(&self, buf: &mut [u8], opts: Wait) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        self.wait_for(opts, |this| this.try_read(buf, false))
+    }
+
+    /// Copies stream bytes without consuming them (MSG_PEEK); waits for data
+    /// like a read.
+    pub(crate) fn peek(&self, buf: &mut [u8], opts: Wait) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        self.wait_for(opts, |this| this.try_read(buf, true))
+    }
+
+    /// Writes some of `buf`; returns how much.
+    pub(crate) fn write(&self, buf: &[u8], opts: Wait) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        self.wait_for(opts, |this| this.try_write(buf))
+    }
+
+    /// Runs `attempt` until it has an answer, sleeping between attempts as
+    /// the options say.
+    fn wait_for<T>(
+        &self,
+        opts: Wait,
+        mut attempt: impl FnMut(&Self) -> io::Result<Option<T>>,
+    ) -> io::Result<T> {
+        let spin = Duration::from_nanos(self.busy_poll.load(Relaxed));
+        let started = Instant::now();
+        loop {
+            if opts.nonblocking {
+                // Take the pending signal first, so that a caller who polls
+                // the readiness fd is woken by the next one.
+                self.waiter.drain()?;
+            }
+            let seen = self.waiter.generation();
+            if let Some(done) = attempt(self)? {
+                return Ok(done);
+            }
+            if opts.nonblocking {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            if !spin.is_zero() && started.elapsed() < spin {
+                std::hint::spin_loop();
+                continue;
+            }
+            if !self.waiter.wait(seen, opts.deadline)? {
+                return Err(err(
+                    io::ErrorKind::TimedOut,
+                    "timed out waiting for the peer",
+                ));
+            }
+        }
+    }
+
+    fn try_read(&self, buf: &mut [u8], peek: bool) -> io::Result<Option<usize>> {
+        let mut rx = lock(&self.rx);
+        if rx.shut {
+            return Ok(Some(0));
+        }
+        // Looked at before the ring: once the peer is gone, everything it
+        // will ever have written is in the ring already.
+        let gone = self.gone();
+        loop {
+            let n = if peek {
+                rx.reader.peek(buf)
+            } else {
+                rx.reader.read(buf)
+            }
+            .map_err(corrupt)?;
+            if rx.reader.commit().map_err(corrupt)? {
+                self.signal_peer()?;
+            }
+            if n > 0 {
+                return Ok(Some(n));
+            }
+            if rx.reader.fin_received() {
+                return Ok(Some(0));
+            }
+            if let Some(Gone::Closed(reason)) = &gone {
+                return Err(err(
+                    io::ErrorKind::ConnectionReset,
+                    format!("connection reset: {reason} before the peer finished sending"),
+                ));
+            }
+            // The re-check before sleeping: `available` fences after our
+            // read_index store, pairing with the writer's fence.
+            if rx.reader.ring_mut().available().map_err(corrupt)? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    fn try_write(&self, buf: &[u8]) -> io::Result<Option<usize>> {
+        let mut tx = lock(&self.tx);
+        if tx.shut {
+            return Err(err(
+                io::ErrorKind::BrokenPipe,
+                "the stream is shut down for writing",
+            ));
+        }
+        if let Some(Gone::Closed(reason)) = self.gone() {
+            return Err(err(
+                io::ErrorKind::BrokenPipe,
+                format!("the peer is gone: {reason}"),
+            ));
+        }
+        loop {
+            let n = tx.writer.write(buf).map_err(write_error)?;
+            if n > 0 {
+                if tx.writer.commit().map_err(corrupt)? {
+                    self.signal_peer()?;
+                }
+                tx.bytes += n as u64;
+                // Informational only; a failure to update it changes nothing.
+                let _ = self
+                    .mapping
+                    .write(self.counter_offset, &tx.bytes.to_le_bytes());
+                return Ok(Some(n));
+            }
+            // Full. The re-check before sleeping: fence, reload read_index.
+            tx.writer
+                .ring_mut()
+                .space_after_arming(0)
+                .map_err(corrupt)?;
+            if tx.writer.cached_writable() == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Sends the FIN (once) and refuses further writes.
+    pub(crate) fn shutdown_write(&self) -> io::Result<()> {
+        let mut tx = lock(&self.tx);
+        tx.shut = true;
+        if tx.writer.fin_sent() || self.gone().is_some() {
+            return Ok(());
+        }
+        tx.writer.write_fin().map_err(|e| match e {
+            WriteError::Corrupt(c) => corrupt(c),
+            other => err(
+                io::ErrorKind::ConnectionReset,
+                format!("cannot send the end of stream: {other}"),
+            ),
+        })?;
+        if tx.writer.commit().map_err(corrupt)? {
+            self.signal_peer()?;
+        }
+        Ok(())
+    }
+
+    /// Refuses further reads (they return end of stream); sends nothing.
+    pub(crate) fn shutdown_read(&self) {
+        lock(&self.rx).shut = true;
+        self.waiter.wake();
+    }
+
+    /// Stream bytes written so far.
+    pub(crate) fn bytes_written(&self) -> u64 {
+        lock(&self.tx).bytes
+    }
+}
+
+fn write_error(e: PipeWriteError) -> io::Error {
+    match e {
+        PipeWriteError::AfterFin => err(
+            io::ErrorKind::BrokenPipe,
+            "the stream is shut down for writing",
+        ),
+        PipeWriteError::Ring(WriteError::Corrupt(c)) => corrupt(c),
+        PipeWriteError::Ring(other) => err(io::ErrorKind::Other, other.to_string()),
+    }
+}
+
+/// How an operation waits.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Wait {
+    /// Return `WouldBlock` instead of waiting.
+    pub(crate) nonblocking: bool,
+    /// Give up with `TimedOut` after this.
+    pub(crate) deadline: Option<Instant>,
+}
+
+impl Wait {
+    /// Blocking with an optional timeout.
+    pub(crate) fn timeout(nonblocking: bool, timeout: Option<Duration>) -> Self {
+        Self {
+            nonblocking,
+            deadline: timeout.and_then(|t| Instant::now().checked_add(t)),
+        }
+    }
+}
+
+/// Ring memory and eventfds a guest prepares before opening a channel: it
+/// owns the memory, as on Hyper-V.
+#[derive(Debug)]
+pub(crate) struct PreparedRings {
+    pub(crate) mapping: Arc<Mapping>,
+    pub(crate) memfd: Arc<std::os::fd::OwnedFd>,
+    pub(crate) layout: RingLayout,
+    /// The guest signals it; the host waits on it.
+    pub(crate) to_host: EventFd,
+    /// The host signals it; the guest waits on it.
+    pub(crate) to_guest: EventFd,
+}
+
+impl PreparedRings {
+    /// Creates zeroed rings of `send_pages` and `recv_pages` pages (control
+    /// pages included) in a sealed memfd, with feature bit 0 set on both.
+    pub(crate) fn create(send_pages: u32, recv_pages: u32) -> io::Result<Self> {
+        let total = send_pages + recv_pages;
+        let memory = hvsock_shm::SharedMemory::create("hvsock-rings", total as usize * PAGE_SIZE)
+            .map_err(shm_io)?;
+        let mapping = Arc::new(Mapping::new(&memory).map_err(shm_io)?);
+        let pair =
+            ring_pair(mapping.clone(), send_pages as usize, recv_pages as usize).map_err(shm_io)?;
+        vmbus_ring::init_control_page(
+            &pair.guest_to_host,
+            vmbus_ring::layout::FEATURE_PENDING_SEND_SIZE,
+        );
+        vmbus_ring::init_control_page(
+            &pair.host_to_guest,
+            vmbus_ring::layout::FEATURE_PENDING_SEND_SIZE,
+        );
+        Ok(Self {
+            mapping,
+            memfd: Arc::new(memory.into_fd()),
+            layout: RingLayout {
+                total_pages: total,
+                guest_to_host_pages: send_pages,
+            },
+            to_host: EventFd::new().map_err(shm_io)?,
+            to_guest: EventFd::new().map_err(shm_io)?,
+        })
+    }
+
+    /// Copies of the eventfds to send with OPENCHANNEL.
+    pub(crate) fn eventfds_to_send(
+        &self,
+    ) -> io::Result<(Arc<std::os::fd::OwnedFd>, Arc<std::os::fd::OwnedFd>)> {
+        use std::os::fd::AsFd;
+        Ok((
+            Arc::new(self.to_host.as_fd().try_clone_to_owned()?),
+            Arc::new(self.to_guest.as_fd().try_clone_to_owned()?),
+        ))
+    }
+
+    /// The guest's end of the channel.
+    pub(crate) fn into_guest_io(self) -> io::Result<ChannelIo> {
+        ChannelIo::new(
+            Side::Guest,
+            self.mapping,
+            self.layout,
+            self.to_guest,
+            self.to_host,
+        )
+    }
+}
+
+/// The host's end of a channel whose memfd and eventfds arrived from the
+/// host daemon: validates the memfd (sealed, large enough) before mapping.
+pub(crate) fn host_io(
+    layout: RingLayout,
+    mut fds: Vec<std::os::fd::OwnedFd>,
+) -> io::Result<ChannelIo> {
+    if fds.len() != 3 {
+        return Err(err(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the host sent {} file descriptors for a channel, not 3",
+                fds.len()
+            ),
+        ));
+    }
+    if layout.guest_to_host_pages < 2 || layout.total_pages < layout.guest_to_host_pages + 2 {
+        return Err(err(
+            io::ErrorKind::InvalidData,
+            format!("invalid ring layout {layout:?}"),
+        ));
+    }
+    let to_guest = EventFd::from_fd(fds.pop().expect("3 fds")).map_err(shm_io)?;
+    let to_host = EventFd::from_fd(fds.pop().expect("3 fds")).map_err(shm_io)?;
+    let memory = hvsock_shm::SharedMemory::from_fd(
+        fds.pop().expect("3 fds"),
+        layout.total_pages as usize * PAGE_SIZE,
+    )
+    .map_err(shm_io)?;
+    let mapping = Arc::new(Mapping::new(&memory).map_err(shm_io)?);
+    ChannelIo::new(Side::Host, mapping, layout, to_host, to_guest)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,234 @@
+//! Both ends of one channel in one process: the guest's rings in a sealed
+//! memfd, the host's end built from copies of its fds, as the daemon would
+//! hand them over.
+
+use std::io::ErrorKind;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+
+fn pair(send_pages: u32, recv_pages: u32) -> (Arc<ChannelIo>, Arc<ChannelIo>) {
+    let rings = PreparedRings::create(send_pages, recv_pages).unwrap();
+    let (to_host, to_guest) = rings.eventfds_to_send().unwrap();
+    let fds = vec![
+        rings.memfd.as_fd().try_clone_to_owned().unwrap(),
+        Arc::try_unwrap(to_host).unwrap(),
+        Arc::try_unwrap(to_guest).unwrap(),
+    ];
+    let layout = rings.layout;
+    let guest = rings.into_guest_io().unwrap();
+    let host = host_io(layout, fds).unwrap();
+    (Arc::new(guest), Arc::new(host))
+}
+
+const BLOCK: Wait = Wait {
+    nonblocking: false,
+    deadline: None,
+};
+const NOWAIT: Wait = Wait {
+    nonblocking: true,
+    deadline: None,
+};
+
+fn read_to_end(io: &ChannelIo) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 7000];
+    loop {
+        let n = io.read(&mut buf, BLOCK).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+fn write_all(io: &ChannelIo, mut data: &[u8]) {
+    while !data.is_empty() {
+        let n = io.write(data, BLOCK).unwrap();
+        data = &data[n..];
+    }
+}
+
+#[test]
+fn bytes_flow_both_ways_through_small_rings_and_end_with_the_fin() {
+    let (guest, host) = pair(6, 6);
+    let up: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    let down: Vec<u8> = (0..2_000_000u32).map(|i| (i % 241) as u8).collect();
+    let threads = [
+        {
+            let (guest, up) = (guest.clone(), up.clone());
+            std::thread::spawn(move || {
+                write_all(&guest, &up);
+                guest.shutdown_write().unwrap();
+                Vec::new()
+            })
+        },
+        {
+            let (host, down) = (host.clone(), down.clone());
+            std::thread::spawn(move || {
+                write_all(&host, &down);
+                host.shutdown_write().unwrap();
+                Vec::new()
+            })
+        },
+        {
+            let host = host.clone();
+            std::thread::spawn(move || read_to_end(&host))
+        },
+        {
+            let guest = guest.clone();
+            std::thread::spawn(move || read_to_end(&guest))
+        },
+    ];
+    let results: Vec<Vec<u8>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(results[2] == up, "guest -> host stream damaged");
+    assert!(results[3] == down, "host -> guest stream damaged");
+    assert_eq!(guest.bytes_written(), up.len() as u64);
+}
+
+#[test]
+fn nonblocking_operations_would_block_and_timeouts_expire() {
+    let (guest, host) = pair(6, 6);
+    let mut buf = [0u8; 8];
+    assert_eq!(
+        host.read(&mut buf, NOWAIT).unwrap_err().kind(),
+        ErrorKind::WouldBlock
+    );
+    let timed = Wait::timeout(false, Some(Duration::from_millis(20)));
+    assert_eq!(
+        host.read(&mut buf, timed).unwrap_err().kind(),
+        ErrorKind::TimedOut
+    );
+    // Fill the guest's ring: writes then would block, and nothing is lost.
+    let chunk = vec![1u8; 100_000];
+    let mut written = 0;
+    loop {
+        match guest.write(&chunk, NOWAIT) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(written > 0 && written < 20480, "{written}");
+    let mut got = 0;
+    let mut big = vec![0u8; 100_000];
+    while got < written {
+        got += host.read(&mut big, BLOCK).unwrap();
+    }
+    assert_eq!(got, written);
+}
+
+#[test]
+fn peek_does_not_consume() {
+    let (guest, host) = pair(6, 6);
+    write_all(&guest, b"hello world");
+    let mut buf = [0u8; 5];
+    assert_eq!(host.peek(&mut buf, BLOCK).unwrap(), 5);
+    assert_eq!(&buf, b"hello");
+    let mut all = [0u8; 64];
+    assert_eq!(host.read(&mut all, BLOCK).unwrap(), 11);
+    assert_eq!(&all[..11], b"hello world");
+}
+
+#[test]
+fn shutdown_write_sends_one_fin_and_refuses_writes() {
+    let (guest, host) = pair(6, 6);
+    write_all(&guest, b"last words");
+    guest.shutdown_write().unwrap();
+    guest.shutdown_write().unwrap();
+    assert_eq!(
+        guest.write(b"x", BLOCK).unwrap_err().kind(),
+        ErrorKind::BrokenPipe
+    );
+    assert_eq!(read_to_end(&host), b"last words");
+    // The other direction still works.
+    write_all(&host, b"reply");
+    let mut buf = [0u8; 16];
+    assert_eq!(guest.read(&mut buf, BLOCK).unwrap(), 5);
+}
+
+#[test]
+fn a_peer_gone_after_its_fin_is_an_end_of_stream_and_before_it_a_reset() {
+    let (guest, host) = pair(6, 6);
+    write_all(&guest, b"data");
+    guest.shutdown_write().unwrap();
+    host.mark_gone(Gone::Closed("the channel was rescinded".into()));
+    assert_eq!(read_to_end(&host), b"data");
+
+    let (guest, host) = pair(6, 6);
+    write_all(&guest, b"partial");
+    host.mark_gone(Gone::Closed("the guest process died".into()));
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        host.read(&mut buf, BLOCK).unwrap(),
+        7,
+        "data before the end first"
+    );
+    let e = host.read(&mut buf, BLOCK).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ConnectionReset);
+    assert!(e.to_string().contains("the guest process died"), "{e}");
+    assert_eq!(
+        host.write(b"x", BLOCK).unwrap_err().kind(),
+        ErrorKind::BrokenPipe
+    );
+}
+
+#[test]
+fn a_blocked_reader_is_woken_when_the_peer_goes() {
+    let (_guest, host) = pair(6, 6);
+    let reader = {
+        let host = host.clone();
+        std::thread::spawn(move || host.read(&mut [0u8; 8], BLOCK))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    host.mark_gone(Gone::Closed("rescinded".into()));
+    assert_eq!(
+        reader.join().unwrap().unwrap_err().kind(),
+        ErrorKind::ConnectionReset
+    );
+}
+
+#[test]
+fn a_malformed_packet_resets_the_connection() {
+    let (guest, host) = pair(6, 6);
+    write_all(&guest, b"hello");
+    // The guest lies in its pipe header: 16384 bytes in a 40-byte packet.
+    guest
+        .mapping
+        .write(4096 + 20, &16384u32.to_le_bytes())
+        .unwrap();
+    let e = host.read(&mut [0u8; 64], BLOCK).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ConnectionReset);
+    assert!(e.to_string().contains("data_size 16384"), "{e}");
+}
+
+#[test]
+fn memfds_that_are_not_sealed_are_refused() {
+    let rings = PreparedRings::create(6, 6).unwrap();
+    let (to_host, to_guest) = rings.eventfds_to_send().unwrap();
+    let file = std::fs::File::open("/dev/null").unwrap();
+    let fds = vec![
+        file.into(),
+        Arc::try_unwrap(to_host).unwrap(),
+        Arc::try_unwrap(to_guest).unwrap(),
+    ];
+    assert!(host_io(rings.layout, fds).is_err());
+}
+
+#[test]
+fn busy_polling_readers_get_the_same_bytes() {
+    let (guest, host) = pair(6, 6);
+    host.set_busy_poll(Some(Duration::from_millis(5)));
+    let data: Vec<u8> = (0..500_000u32).map(|i| i as u8).collect();
+    let writer = {
+        let (guest, data) = (guest.clone(), data.clone());
+        std::thread::spawn(move || {
+            write_all(&guest, &data);
+            guest.shutdown_write().unwrap();
+        })
+    };
+    assert!(read_to_end(&host) == data);
+    writer.join().unwrap();
+}

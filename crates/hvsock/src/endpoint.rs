@@ -1,0 +1,1137 @@
+//! A process's connection to the emulated host, in either role, and the
+//! thread that serves it.
+//!
+//! Owns the control socket, the guest's VMBus client and what hv_sock builds
+//! on it (matching offers to connecting sockets and listeners, preparing
+//! rings, the 8-second close), the host process's side of the extension
+//! protocol (listen, connect, close), listener queues, and what happens when
+//! the host goes away. The data plane of each connection is
+//! [`ChannelIo`](crate::channel::ChannelIo); the public types are in
+//! [`crate::blocking`].
+//!
+//! Application threads call in (listen, connect, release), the control
+//! thread handles what the host sends; both work on one [`State`] under one
+//! lock, and messages are sent while it is held, so their order is the order
+//! of the state changes.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hvsock_shm::EventFd;
+use vmbus::client::{Event as ClientEvent, GuestClient, Output};
+use vmbus::ext::{encode_ext, ConnectFailure, Datagram, ExtEvent, ExtRequest, RingLayout};
+use vmbus::messages::VERSION_WIN10_V5;
+use vmbus::Guid;
+
+use crate::addr::EphemeralPorts;
+use crate::channel::{host_io, ChannelIo, Gone, PreparedRings};
+use crate::error::{err, shm_io};
+use crate::wait::Waiter;
+
+/// How long a closed guest connection waits for the host's rescind before
+/// tearing the channel down itself (the seed's delayed close).
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// How long bring-up (version negotiation) may take.
+const CONTACT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a request the host answers at once (listen) may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Ring pages (control page included) the seed uses, and hosts before
+/// VMBus 5.0 require.
+pub const SEED_RING_PAGES: u32 = 6;
+
+/// Largest ring later kernels make (64 pages).
+pub const MAX_RING_PAGES: u32 = 64;
+
+/// Default ring size: as later Linux kernels size rings from the default
+/// socket buffer (212992 bytes = 52 pages).
+pub const DEFAULT_RING_PAGES: u32 = 52;
+
+/// Which side of the VMBus this process is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// A guest of the named VM.
+    Guest,
+    /// The root partition.
+    Host,
+}
+
+/// Which channel a stream is, for release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum ChannelKey {
+    /// A guest's channel, by relid.
+    Relid(u32),
+    /// A host process's connection id.
+    Conn(u64),
+}
+
+/// The two ends' addresses, in the form of the role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ends {
+    /// Our service id (guest: our port's GUID).
+    pub(crate) local: Guid,
+    /// The peer's service id.
+    pub(crate) peer: Guid,
+    /// The VM (host role) or ZERO (guest role: the peer is the host).
+    pub(crate) vm_id: Guid,
+}
+
+/// A connection ready to be handed to the application.
+#[derive(Debug)]
+pub(crate) struct Ready {
+    pub(crate) io: Arc<ChannelIo>,
+    pub(crate) key: ChannelKey,
+    pub(crate) ends: Ends,
+}
+
+/// A listener's queue of connections not yet accepted.
+#[derive(Debug)]
+pub(crate) struct ListenerShared {
+    queue: Mutex<VecDeque<Ready>>,
+    backlog: usize,
+    /// Signalled per queued connection and when the listener dies.
+    pub(crate) waiter: Waiter,
+    closed: Mutex<Option<String>>,
+}
+
+impl ListenerShared {
+    fn new(backlog: usize) -> io::Result<Arc<Self>> {
+        Ok(Arc::new(Self {
+            queue: Mutex::default(),
+            backlog: backlog.max(1),
+            waiter: Waiter::new(EventFd::new().map_err(shm_io)?),
+            closed: Mutex::default(),
+        }))
+    }
+
+    fn has_room(&self, opening: usize) -> bool {
+        lock(&self.queue).len() + opening < self.backlog
+    }
+
+    fn push(&self, ready: Ready) {
+        lock(&self.queue).push_back(ready);
+        self.waiter.wake();
+    }
+
+    /// The next queued connection, if any.
+    pub(crate) fn pop(&self) -> Option<Ready> {
+        lock(&self.queue).pop_front()
+    }
+
+    /// Why accepting can never succeed again, if so.
+    pub(crate) fn closed(&self) -> Option<String> {
+        lock(&self.closed).clone()
+    }
+
+    fn close(&self, reason: &str) {
+        lock(&self.closed).get_or_insert_with(|| reason.to_owned());
+        self.waiter.wake();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What a guest channel is doing.
+#[derive(Debug)]
+enum GuestChannel {
+    /// GPADL and open in flight.
+    Opening {
+        rings: PreparedRings,
+        purpose: Purpose,
+    },
+    /// Open; `released` once the application dropped it.
+    Open {
+        io: Arc<ChannelIo>,
+        released: bool,
+        rescinded: bool,
+    },
+    /// Torn down by us; waiting for the host.
+    Closing,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Purpose {
+    /// A host connected to our listener on `port`; the peer is `peer`.
+    Accept { port: u32, peer: Guid },
+    /// Answers our connect `(local, remote)`.
+    Connect { local: Guid, remote: Guid },
+}
+
+/// A guest connect in flight.
+#[derive(Debug)]
+struct GuestConnect {
+    pages: (u32, u32),
+    result: Option<io::Result<Ready>>,
+}
+
+#[derive(Debug)]
+struct GuestState {
+    client: GuestClient,
+    version: Option<u32>,
+    /// Listeners by port, with their ring size.
+    listeners: HashMap<u32, (Arc<ListenerShared>, (u32, u32))>,
+    listen_results: HashMap<u32, Option<Result<(), String>>>,
+    connects: HashMap<(Guid, Guid), GuestConnect>,
+    channels: HashMap<u32, GuestChannel>,
+    /// Released channels waiting for the host's rescind, by deadline.
+    close_timers: BTreeSet<(Instant, u32)>,
+    ports: EphemeralPorts,
+}
+
+impl Default for GuestState {
+    fn default() -> Self {
+        Self {
+            client: GuestClient::new(),
+            version: None,
+            listeners: HashMap::new(),
+            listen_results: HashMap::new(),
+            connects: HashMap::new(),
+            channels: HashMap::new(),
+            close_timers: BTreeSet::new(),
+            ports: EphemeralPorts::new_random(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct HostState {
+    next_request: u64,
+    listeners: HashMap<(Guid, Guid), Arc<ListenerShared>>,
+    listen_results: HashMap<(Guid, Guid), Option<Result<(), String>>>,
+    connects: HashMap<u64, Option<io::Result<Ready>>>,
+    conns: HashMap<u64, Arc<ChannelIo>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Why the control connection is gone, once it is.
+    dead: Option<String>,
+    guest: GuestState,
+    host: HostState,
+}
+
+#[derive(Debug)]
+struct Shared {
+    sock: OwnedFd,
+    role: Role,
+    state: Mutex<State>,
+    /// Notified on every change application threads may wait for.
+    changed: Condvar,
+    stop: EventFd,
+}
+
+#[derive(Debug)]
+struct Handle {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let _ = self.shared.stop.signal();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A process's connection to the host; cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoint {
+    handle: Arc<Handle>,
+}
+
+impl Endpoint {
+    /// Serves a control socket already connected to the host, in `role`.
+    /// A guest negotiates its VMBus version before this returns.
+    pub(crate) fn start(sock: OwnedFd, role: Role) -> io::Result<Self> {
+        let shared = Arc::new(Shared {
+            sock,
+            role: role.clone(),
+            state: Mutex::default(),
+            changed: Condvar::new(),
+            stop: EventFd::new().map_err(shm_io)?,
+        });
+        let thread = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("hvsock-control".into())
+                .spawn(move || shared.serve())?
+        };
+        let endpoint = Self {
+            handle: Arc::new(Handle {
+                shared,
+                thread: Some(thread),
+            }),
+        };
+        if role == Role::Guest {
+            endpoint.contact()?;
+        }
+        Ok(endpoint)
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.handle.shared
+    }
+
+    fn contact(&self) -> io::Result<()> {
+        let shared = self.shared();
+        let mut state = shared.lock();
+        state.guest.client.start();
+        shared.pump(&mut state);
+        let deadline = Instant::now() + CONTACT_TIMEOUT;
+        shared
+            .wait_until(state, Some(deadline), |state| {
+                state.guest.version.map(|_| Ok(()))
+            })
+            .map(|_| ())
+    }
+
+    /// Guest: listen on vsock `port` with `backlog` and ring `pages`.
+    pub(crate) fn guest_listen(
+        &self,
+        port: u32,
+        backlog: usize,
+        pages: (u32, u32),
+    ) -> io::Result<Arc<ListenerShared>> {
+        let shared = self.shared();
+        let mut state = shared.lock();
+        shared.check_alive(&state)?;
+        if state.guest.listeners.contains_key(&port) {
+            return Err(err(
+                io::ErrorKind::AddrInUse,
+                format!("port {port} is already listening in this process"),
+            ));
+        }
+        state.guest.listen_results.insert(port, None);
+        shared.send_ext(&mut state, &ExtRequest::GuestListen { port });
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let state = shared.wait_until(state, Some(deadline), |state| {
+            match state.guest.listen_results.get(&port) {
+                Some(Some(result)) => Some(Ok(result.clone())),
+                _ => None,
+            }
+        });
+        let (mut state, result) = state?;
+        state.guest.listen_results.remove(&port);
+        result.map_err(|reason| err(io::ErrorKind::AddrInUse, reason))?;
+        let listener = ListenerShared::new(backlog)?;
+        let pages = shared.ring_pages(&state, pages);
+        state
+            .guest
+            .listeners
+            .insert(port, (listener.clone(), pages));
+        Ok(listener)
+    }
+
+    /// Guest: stop listening on `port`; connections not accepted are closed.
+    pub(crate) fn guest_unlisten(&self, port: u32) {
+        let shared = self.shared();
+        let mut state = shared.lock();
+        if let Some((listener, _)) = state.guest.listeners.remove(&port) {
+            listener.close("the listener was closed");
+            shared.send_ext(&mut state, &ExtRequest::GuestUnlisten { port });
+            while let Some(ready) = listener.pop() {
+                let _ = ready.io.shutdown_write();
+                shared.release(&mut state, ready.key);
+            }
+        }
+    }
+
+    /// Guest: connect from an ephemeral port to host port `remote_port`.
+    pub(crate) fn guest_connect(
+        &self,
+        remote_port: u32,
+        timeout: Duration,
+        pages: (u32, u32),
+    ) -> io::Result<Ready> {
+        let shared = self.shared();
+        let mut state = shared.lock();
+        shared.check_alive(&state)?;
+        let local_port = allocate_port(&mut state.guest)?;
+        let key = (
+            Guid::from_vsock_port(local_port),
+            Guid::from_vsock_port(remote_port),
+        );
+        let pages = shared.ring_pages(&state, pages);
+        state.guest.connects.insert(
+            key,
+            GuestConnect {
+                pages,
+                result: None,
+            },
+        );
+        if let Err(e) = state.guest.client.tl_connect(key.0, key.1) {
+            state.guest.connects.remove(&key);
+            return Err(err(io::ErrorKind::NotConnected, e.to_string()));
+        }
+        shared.pump(&mut state);
+        let deadline = Instant::now().checked_add(timeout);
+        let result = shared
+            .wait_until(state, deadline, |state| {
+                match state.guest.connects.get_mut(&key) {
+                    Some(GuestConnect {
+                        result: Some(_), ..
+                    }) => state.guest.connects.remove(&key).and_then(|c| c.result),
+                    _ => None,
+                }
+            })
+            .map(|(_, ready)| ready);
+        if result.is_err() {
+            // Timed out or the host went away: a late offer finds no
+            // connect and is refused.
+            shared.lock().guest.connects.remove(&key);
+        }
+        result
+    }
+
+    /// Host: listen on `service_id` for the VMs `vm_id` names.
+    pub(crate) fn host_listen(
+        &self,
+        service_id: Guid,
+        vm_id: Guid,
+        backlog: usize,
+    ) -> io::Result<Arc<ListenerShared>> {
+        let shared = self.shared();
+        let mut state = shared.lock();
+        shared.check_alive(&state)?;
+        let key = (service_id, vm_id);
+        if state.host.listeners.contains_key(&key) {
+            return Err(err(
+                io::ErrorKind::AddrInUse,
+                format!("service {service_id} is already listening in this process"),
+            ));
+        }
+        state.host.listen_results.insert(key, None);
+        shared.send_ext(&mut state, &ExtRequest::HostListen { service_id, vm_id });
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let (mut state, result) =
+            shared.wait_until(state, Some(deadline), |state| {
+                match state.host.listen_results.get(&key) {
+                    Some(Some(result)) => Some(Ok(result.clone())),
+                    _ => None,
+                }
+            })?;
+        state.host.listen_results.remove(&key);
+        result.map_err(|reason| {
+            let kind = if reason.contains("no VM") || reason.contains("unknown") {
+                io::ErrorKind::NotFound
+            } else {
+                io::ErrorKind::AddrInUse
+            };
+            err(kind, reason)
+        })?;
+        let listener = ListenerShared::new(backlog)?;
+        state.host.listeners.insert(key, listener.clone());
+        Ok(listener)
+    }
+
+    /// Host: stop listening.
+    pub(crate) fn host_unlisten(&self, service_id: Guid, vm_id: Guid) {
+        let shared = self.shared();
+        let mut state = shared.lock();
+        if let Some(listener) = state.host.listeners.remove(&(service_id, vm_id)) {
+            listener.close("the listener was closed");
+            shared.send_ext(&mut state, &ExtRequest::HostUnlisten { service_id, vm_id });
+            while let Some(ready) = listener.pop() {
+                let _ = ready.io.shutdown_write();
+                shared.release(&mut state, ready.key);
+            }
+        }
+    }
+
+    /// Host: connect to `service_id` in a VM given by id or by name.
+    pub(crate) fn host_connect(
+        &self,
+        vm_id: Guid,
+        vm_name: Option<String>,
+        service_id: Guid,
+        timeout: Duration,
+    ) -> io::Result<Ready> {
+        let shared = self.shared();
+        let mut state = shared.lock();
+        shared.check_alive(&state)?;
+        state.host.next_request += 1;
+        let request = state.host.next_request;
+        state.host.connects.insert(request, None);
+        shared.send_ext(
+            &mut state,
+            &ExtRequest::HostConnect {
+                request,
+                vm_id,
+                vm_name,
+                service_id,
+            },
+        );
+        let deadline = Instant::now().checked_add(timeout);
+        let result = shared
+            .wait_until(state, deadline, |state| {
+                match state.host.connects.get(&request) {
+                    Some(Some(_)) => state.host.connects.remove(&request).flatten(),
+                    _ => None,
+                }
+            })
+            .map(|(_, mut ready)| {
+                ready.ends.peer = service_id;
+                ready
+            });
+        if result.is_err() {
+            let mut state = shared.lock();
+            if state.host.connects.remove(&request).is_some() {
+                shared.send_ext(&mut state, &ExtRequest::HostCancel { request });
+            }
+        }
+        result
+    }
+
+    /// The application is done with a connection (its FIN is sent): the
+    /// host process closes it at once; a guest waits up to 8 seconds for the
+    /// host to rescind it, in the background.
+    pub(crate) fn release(&self, key: ChannelKey) {
+        let shared = self.shared();
+        let mut state = shared.lock();
+        shared.release(&mut state, key);
+    }
+
+    /// The negotiated VMBus version (guest).
+    pub(crate) fn version(&self) -> Option<u32> {
+        self.shared().lock().guest.version
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    fn check_alive(&self, state: &State) -> io::Result<()> {
+        match &state.dead {
+            Some(reason) => Err(err(io::ErrorKind::NotConnected, reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Ring pages to use: as asked, clamped to what the negotiated version
+    /// allows (hosts before VMBus 5.0 take only the seed's 6 pages).
+    fn ring_pages(&self, state: &State, pages: (u32, u32)) -> (u32, u32) {
+        let clamp = |p: u32| p.clamp(SEED_RING_PAGES, MAX_RING_PAGES);
+        match state.guest.version {
+            Some(v) if v < VERSION_WIN10_V5 => (SEED_RING_PAGES, SEED_RING_PAGES),
+            _ => (clamp(pages.0), clamp(pages.1)),
+        }
+    }
+
+    /// Waits on the condition variable until `ready` gives an answer, the
+    /// deadline passes, or the host goes away.
+    fn wait_until<'a, T>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+        deadline: Option<Instant>,
+        mut ready: impl FnMut(&mut State) -> Option<io::Result<T>>,
+    ) -> io::Result<(MutexGuard<'a, State>, T)>
+    where
+        T: Sized,
+    {
+        loop {
+            if let Some(result) = ready(&mut state) {
+                return result.map(|value| (state, value));
+            }
+            self.check_alive(&state)?;
+            state = match deadline {
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Err(err(
+                            io::ErrorKind::TimedOut,
+                            "timed out waiting for the hvsock host",
+                        ));
+                    }
+                    self.changed
+                        .wait_timeout(state, deadline - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+                None => self.changed.wait(state).unwrap_or_else(|e| e.into_inner()),
+            };
+        }
+    }
+
+    fn send_raw(&self, state: &mut State, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
+        if state.dead.is_some() {
+            return;
+        }
+        if let Err(e) = hvsock_shm::send_with_fds(&self.sock, bytes, fds) {
+            self.die(
+                state,
+                format!("lost the connection to the hvsock host: {e}"),
+            );
+        }
+    }
+
+    fn send_ext(&self, state: &mut State, request: &ExtRequest) {
+        tracing::debug!(?request, "to host");
+        self.send_raw(state, &encode_ext(request), &[]);
+    }
+
+    /// Performs the guest client's outputs: sends its messages, handles its
+    /// events (which may queue more outputs).
+    fn pump(&self, state: &mut State) {
+        while let Some(output) = state.guest.client.poll_output() {
+            match output {
+                Output::Send { message, fds } => {
+                    tracing::debug!(?message, "to host");
+                    let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|fd| fd.as_fd()).collect();
+                    self.send_raw(state, &message.encode(), &borrowed);
+                }
+                Output::Event(event) => self.guest_event(state, event),
+            }
+        }
+    }
+
+    fn guest_event(&self, state: &mut State, event: ClientEvent) {
+        tracing::debug!(?event, "guest event");
+        match event {
+            ClientEvent::Connected { version } => {
+                state.guest.version = Some(version);
+                self.changed.notify_all();
+            }
+            ClientEvent::ContactRefused => {
+                self.die(
+                    state,
+                    "the hvsock host accepts none of our VMBus versions (4.0 to 5.3)".into(),
+                );
+            }
+            ClientEvent::Offer(offer) => self.guest_offer(state, offer),
+            ClientEvent::TlConnectRefused {
+                endpoint_id,
+                service_id,
+                status,
+            } => {
+                if let Some(connect) = state.guest.connects.get_mut(&(endpoint_id, service_id)) {
+                    connect.result = Some(Err(err(
+                        io::ErrorKind::ConnectionRefused,
+                        format!(
+                            "connection refused: nothing listens on host port {} (status {status:#x})",
+                            service_id.vsock_port().map_or(service_id.to_string(), |p| p.to_string())
+                        ),
+                    )));
+                    self.changed.notify_all();
+                }
+            }
+            ClientEvent::Opened { relid, status } => self.guest_opened(state, relid, status),
+            ClientEvent::Rescinded { relid } => self.guest_rescinded(state, relid),
+            ClientEvent::Released { relid } => {
+                state.guest.channels.remove(&relid);
+            }
+        }
+    }
+
+    fn guest_offer(&self, state: &mut State, offer: vmbus::OfferChannel) {
+        let relid = offer.child_relid;
+        let purpose = match offer.hvsock_params() {
+            Some(params) if params.is_for_guest_accept => {
+                let port = offer.if_type.vsock_port();
+                let listening =
+                    port.and_then(|port| state.guest.listeners.get(&port).map(|l| (port, l)));
+                match listening {
+                    Some((port, (listener, pages))) => {
+                        let opening = state
+                            .guest
+                            .channels
+                            .values()
+                            .filter(|c| matches!(c, GuestChannel::Opening { purpose: Purpose::Accept { port: p, .. }, .. } if *p == port))
+                            .count();
+                        if listener.has_room(opening) {
+                            Some((
+                                Purpose::Accept {
+                                    port,
+                                    peer: offer.if_instance,
+                                },
+                                *pages,
+                            ))
+                        } else {
+                            tracing::info!(port, "backlog full: refusing a host connection");
+                            None
+                        }
+                    }
+                    None => None,
+                }
+            }
+            Some(_) => {
+                let key = (offer.if_instance, offer.if_type);
+                state
+                    .guest
+                    .connects
+                    .get(&key)
+                    .filter(|c| c.result.is_none())
+                    .map(|c| {
+                        (
+                            Purpose::Connect {
+                                local: key.0,
+                                remote: key.1,
+                            },
+                            c.pages,
+                        )
+                    })
+            }
+            None => None,
+        };
+        let Some((purpose, (send, recv))) = purpose else {
+            // Nobody wants it: give the relid back at once, so that the host
+            // fails the connect now rather than after its timeout.
+            let _ = state.guest.client.close(relid);
+            return;
+        };
+        let prepared = PreparedRings::create(send, recv).and_then(|rings| {
+            let (to_host, to_guest) = rings.eventfds_to_send()?;
+            Ok((rings, to_host, to_guest))
+        });
+        match prepared {
+            Ok((rings, to_host, to_guest)) => {
+                let opened = state.guest.client.open(
+                    relid,
+                    rings.memfd.clone(),
+                    rings.layout,
+                    to_host,
+                    to_guest,
+                );
+                match opened {
+                    Ok(()) => {
+                        state
+                            .guest
+                            .channels
+                            .insert(relid, GuestChannel::Opening { rings, purpose });
+                    }
+                    Err(e) => {
+                        tracing::warn!(relid, "cannot open an offered channel: {e}");
+                        let _ = state.guest.client.close(relid);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(relid, "cannot create ring memory: {e}");
+                self.fail_purpose(state, purpose, e);
+                let _ = state.guest.client.close(relid);
+            }
+        }
+    }
+
+    fn fail_purpose(&self, state: &mut State, purpose: Purpose, error: io::Error) {
+        if let Purpose::Connect { local, remote } = purpose {
+            if let Some(connect) = state.guest.connects.get_mut(&(local, remote)) {
+                connect.result = Some(Err(error));
+                self.changed.notify_all();
+            }
+        }
+    }
+
+    fn guest_opened(&self, state: &mut State, relid: u32, status: u32) {
+        let Some(GuestChannel::Opening { .. }) = state.guest.channels.get(&relid) else {
+            return;
+        };
+        let Some(GuestChannel::Opening { rings, purpose }) = state.guest.channels.remove(&relid)
+        else {
+            return;
+        };
+        let io = if status == 0 {
+            rings.into_guest_io()
+        } else {
+            Err(err(
+                io::ErrorKind::ConnectionRefused,
+                format!("the host refused to open the channel (status {status:#x})"),
+            ))
+        };
+        let io = match io {
+            Ok(io) => Arc::new(io),
+            Err(e) => {
+                self.fail_purpose(state, purpose, e);
+                let _ = state.guest.client.close(relid);
+                return;
+            }
+        };
+        state.guest.channels.insert(
+            relid,
+            GuestChannel::Open {
+                io: io.clone(),
+                released: false,
+                rescinded: false,
+            },
+        );
+        let (ends, target) = match purpose {
+            Purpose::Accept { port, peer } => (
+                Ends {
+                    local: Guid::from_vsock_port(port),
+                    peer,
+                    vm_id: Guid::ZERO,
+                },
+                Some(port),
+            ),
+            Purpose::Connect { local, remote } => (
+                Ends {
+                    local,
+                    peer: remote,
+                    vm_id: Guid::ZERO,
+                },
+                None,
+            ),
+        };
+        let ready = Ready {
+            io,
+            key: ChannelKey::Relid(relid),
+            ends,
+        };
+        match target {
+            Some(port) => match state.guest.listeners.get(&port) {
+                Some((listener, _)) => listener.push(ready),
+                None => {
+                    let _ = ready.io.shutdown_write();
+                    self.release(state, ready.key);
+                }
+            },
+            None => {
+                let key = (ends.local, ends.peer);
+                match state.guest.connects.get_mut(&key) {
+                    Some(connect) => {
+                        connect.result = Some(Ok(ready));
+                        self.changed.notify_all();
+                    }
+                    None => {
+                        // The connect gave up while the channel opened.
+                        let _ = ready.io.shutdown_write();
+                        self.release(state, ready.key);
+                    }
+                }
+            }
+        }
+    }
+
+    fn guest_rescinded(&self, state: &mut State, relid: u32) {
+        match state.guest.channels.get_mut(&relid) {
+            Some(GuestChannel::Opening { purpose, .. }) => {
+                let purpose = *purpose;
+                state.guest.channels.remove(&relid);
+                self.fail_purpose(
+                    state,
+                    purpose,
+                    err(
+                        io::ErrorKind::ConnectionRefused,
+                        "the host withdrew the channel while it opened",
+                    ),
+                );
+                let _ = state.guest.client.close(relid);
+            }
+            Some(GuestChannel::Open {
+                io,
+                released,
+                rescinded,
+            }) => {
+                *rescinded = true;
+                io.mark_gone(Gone::Closed("the host closed the channel (rescind)".into()));
+                if *released {
+                    state.guest.channels.insert(relid, GuestChannel::Closing);
+                    let _ = state.guest.client.close(relid);
+                }
+            }
+            Some(GuestChannel::Closing) | None => {
+                let _ = state.guest.client.close(relid);
+            }
+        }
+    }
+
+    fn release(&self, state: &mut State, key: ChannelKey) {
+        match key {
+            ChannelKey::Relid(relid) => {
+                if let Some(GuestChannel::Open {
+                    released,
+                    rescinded,
+                    ..
+                }) = state.guest.channels.get_mut(&relid)
+                {
+                    *released = true;
+                    if *rescinded {
+                        state.guest.channels.insert(relid, GuestChannel::Closing);
+                        let _ = state.guest.client.close(relid);
+                        self.pump(state);
+                    } else {
+                        // The control thread looks at its timers at least
+                        // twice a second (see `serve`).
+                        state
+                            .guest
+                            .close_timers
+                            .insert((Instant::now() + CLOSE_TIMEOUT, relid));
+                    }
+                }
+            }
+            ChannelKey::Conn(conn) => {
+                if state.host.conns.remove(&conn).is_some() {
+                    self.send_ext(state, &ExtRequest::HostClose { conn });
+                }
+            }
+        }
+    }
+
+    fn fire_timers(&self, state: &mut State, now: Instant) {
+        while let Some(&(deadline, relid)) = state.guest.close_timers.first() {
+            if deadline > now {
+                break;
+            }
+            state.guest.close_timers.pop_first();
+            if let Some(GuestChannel::Open {
+                released: true,
+                rescinded: false,
+                ..
+            }) = state.guest.channels.get(&relid)
+            {
+                tracing::debug!(
+                    relid,
+                    "the host did not close the channel in 8 s: closing it"
+                );
+                state.guest.channels.insert(relid, GuestChannel::Closing);
+                let _ = state.guest.client.close(relid);
+            }
+        }
+        self.pump(state);
+    }
+
+    fn die(&self, state: &mut State, reason: String) {
+        if state.dead.is_some() {
+            return;
+        }
+        tracing::warn!("{reason}");
+        for channel in state.guest.channels.values() {
+            if let GuestChannel::Open { io, .. } = channel {
+                io.mark_gone(Gone::Closed(reason.clone()));
+            }
+        }
+        for io in state.host.conns.values() {
+            io.mark_gone(Gone::Closed(reason.clone()));
+        }
+        for (listener, _) in state.guest.listeners.values() {
+            listener.close(&reason);
+        }
+        for listener in state.host.listeners.values() {
+            listener.close(&reason);
+        }
+        state.dead = Some(reason);
+        self.changed.notify_all();
+    }
+
+    /// The control thread: receives what the host sends, fires timers.
+    fn serve(self: Arc<Self>) {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let mut buf = vec![0u8; vmbus::ext::MAX_DATAGRAM];
+        loop {
+            let timeout = {
+                let state = self.lock();
+                state
+                    .guest
+                    .close_timers
+                    .first()
+                    .map(|(deadline, _)| deadline.saturating_duration_since(Instant::now()))
+            }
+            // Timers armed by application threads after we went to sleep
+            // are picked up within this tick.
+            .unwrap_or(Duration::from_millis(500))
+            .min(Duration::from_millis(500));
+            let timespec = Timespec::try_from(timeout).ok();
+            let mut fds = [
+                PollFd::new(&self.sock, PollFlags::IN),
+                PollFd::new(&self.stop, PollFlags::IN),
+            ];
+            let _ = poll(&mut fds, timespec.as_ref());
+            if !fds[1].revents().is_empty() {
+                return;
+            }
+            if !fds[0].revents().is_empty() {
+                match hvsock_shm::recv_with_fds(&self.sock, &mut buf, 4) {
+                    Ok((0, _)) => {
+                        let mut state = self.lock();
+                        self.die(&mut state, "the hvsock host closed the connection".into());
+                        return;
+                    }
+                    Ok((n, fds)) => self.received(&buf[..n], fds),
+                    Err(e) => {
+                        let mut state = self.lock();
+                        self.die(
+                            &mut state,
+                            format!("lost the connection to the hvsock host: {e}"),
+                        );
+                        return;
+                    }
+                }
+            }
+            let mut state = self.lock();
+            self.fire_timers(&mut state, Instant::now());
+        }
+    }
+
+    fn received(&self, bytes: &[u8], fds: Vec<OwnedFd>) {
+        let mut state = self.lock();
+        match Datagram::<ExtEvent>::decode(bytes) {
+            Ok(Datagram::Vmbus(message)) if self.role == Role::Guest => {
+                tracing::debug!(?message, "from host");
+                if let Err(e) = state.guest.client.handle(message) {
+                    tracing::warn!("ignoring a message that breaks the VMBus protocol: {e}");
+                }
+                self.pump(&mut state);
+            }
+            Ok(Datagram::Ext(event)) => {
+                tracing::debug!(?event, "from host");
+                self.ext_event(&mut state, event, fds);
+            }
+            Ok(Datagram::Vmbus(message)) => {
+                tracing::warn!(?message, "ignoring a VMBus message sent to a host process");
+            }
+            Err(e) => tracing::warn!("ignoring an undecodable message from the host: {e}"),
+        }
+    }
+
+    fn ext_event(&self, state: &mut State, event: ExtEvent, fds: Vec<OwnedFd>) {
+        match event {
+            ExtEvent::GuestListenResult { port, error } => {
+                if let Some(slot) = state.guest.listen_results.get_mut(&port) {
+                    *slot = Some(error.map_or(Ok(()), Err));
+                    self.changed.notify_all();
+                }
+            }
+            ExtEvent::HostListenResult {
+                service_id,
+                vm_id,
+                error,
+            } => {
+                if let Some(slot) = state.host.listen_results.get_mut(&(service_id, vm_id)) {
+                    *slot = Some(error.map_or(Ok(()), Err));
+                    self.changed.notify_all();
+                }
+            }
+            ExtEvent::HostConnected {
+                request,
+                conn,
+                vm_id,
+                endpoint_id,
+                layout,
+            } => {
+                let wanted = matches!(state.host.connects.get(&request), Some(None));
+                let result = self.host_channel(state, conn, layout, fds).map(|io| Ready {
+                    io,
+                    key: ChannelKey::Conn(conn),
+                    ends: Ends {
+                        local: endpoint_id,
+                        peer: Guid::ZERO,
+                        vm_id,
+                    },
+                });
+                match (wanted, result) {
+                    (true, result) => {
+                        state.host.connects.insert(request, Some(result));
+                        self.changed.notify_all();
+                    }
+                    (false, Ok(ready)) => self.release(state, ready.key),
+                    (false, Err(_)) => self.send_ext(state, &ExtRequest::HostClose { conn }),
+                }
+            }
+            ExtEvent::HostConnectFailed {
+                request,
+                failure,
+                message,
+            } => {
+                if let Some(slot) = state.host.connects.get_mut(&request) {
+                    let kind = match failure {
+                        ConnectFailure::Refused => io::ErrorKind::ConnectionRefused,
+                        ConnectFailure::NoSuchVm => io::ErrorKind::NotFound,
+                        ConnectFailure::TimedOut => io::ErrorKind::TimedOut,
+                        ConnectFailure::Invalid => io::ErrorKind::InvalidInput,
+                    };
+                    *slot = Some(Err(err(kind, message)));
+                    self.changed.notify_all();
+                }
+            }
+            ExtEvent::HostIncoming {
+                conn,
+                service_id,
+                listener_vm_id,
+                vm_id,
+                endpoint_id,
+                layout,
+            } => {
+                let listener = state
+                    .host
+                    .listeners
+                    .get(&(service_id, listener_vm_id))
+                    .cloned();
+                let io = match listener {
+                    Some(ref listener) if listener.has_room(0) => {
+                        self.host_channel(state, conn, layout, fds)
+                    }
+                    _ => Err(err(io::ErrorKind::ConnectionRefused, "no room")),
+                };
+                match (io, listener) {
+                    (Ok(io), Some(listener)) => listener.push(Ready {
+                        io,
+                        key: ChannelKey::Conn(conn),
+                        ends: Ends {
+                            local: service_id,
+                            peer: endpoint_id,
+                            vm_id,
+                        },
+                    }),
+                    (Ok(_), None) => self.release(state, ChannelKey::Conn(conn)),
+                    (Err(e), _) => {
+                        tracing::info!(conn, "refusing an incoming connection: {e}");
+                        state.host.conns.remove(&conn);
+                        self.send_ext(state, &ExtRequest::HostClose { conn });
+                    }
+                }
+            }
+            ExtEvent::HostRevoked { conn, reason } => {
+                if let Some(io) = state.host.conns.get(&conn) {
+                    io.mark_gone(Gone::Closed(reason));
+                }
+            }
+            ExtEvent::Refused { reason } => {
+                tracing::warn!("the hvsock host refused a request: {reason}");
+            }
+            other => {
+                tracing::debug!(?other, "unexpected event");
+            }
+        }
+    }
+
+    /// Maps a channel the host handed over and remembers it for revokes.
+    fn host_channel(
+        &self,
+        state: &mut State,
+        conn: u64,
+        layout: RingLayout,
+        fds: Vec<OwnedFd>,
+    ) -> io::Result<Arc<ChannelIo>> {
+        let io = Arc::new(host_io(layout, fds)?);
+        state.host.conns.insert(conn, io.clone());
+        Ok(io)
+    }
+}
+
+/// The next ephemeral port not bound by a listener of ours nor used by a
+/// connect in flight (the host refuses one already used by a live channel).
+fn allocate_port(guest: &mut GuestState) -> io::Result<u32> {
+    let GuestState {
+        ports,
+        listeners,
+        connects,
+        ..
+    } = guest;
+    ports
+        .allocate(|port| {
+            let guid = Guid::from_vsock_port(port);
+            listeners.contains_key(&port) || connects.keys().any(|(local, _)| *local == guid)
+        })
+        .map_err(|e| err(io::ErrorKind::AddrNotAvailable, e.to_string()))
+}

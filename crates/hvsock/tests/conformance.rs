@@ -1,0 +1,495 @@
+//! A conformance suite for hvsock streams, after the stream cases of Linux's
+//! `tools/testing/vsock`: connecting to nothing, listen/accept in both
+//! directions, many clients, half-close, closing while the peer reads or
+//! writes, big transfers with checksums at random sizes, readiness,
+//! timeouts and non-blocking operation, ring geometries, backlog. Runs
+//! against an embedded host and against a host daemon on real sockets.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::Shutdown;
+use std::time::{Duration, Instant};
+
+use hvsock::{
+    ConnectOptions, Guest, Guid, Host, HvAddr, HvListener, HvStream, VsockAddr, VsockListener,
+    VsockStream,
+};
+use vmbus::daemon::EmbeddedHost;
+
+/// A host with VM "alpha", a guest of it and a host process.
+struct World {
+    _host: EmbeddedHost,
+    guest: Guest,
+    root: Host,
+    vm: Guid,
+}
+
+fn world() -> World {
+    let host = EmbeddedHost::start(&[("alpha", None)]).expect("start an embedded host");
+    let vm = host.vm_id("alpha").expect("alpha exists");
+    let guest = Guest::embedded(&host, "alpha").expect("join alpha");
+    let root = Host::embedded(&host).expect("join as the host");
+    World {
+        _host: host,
+        guest,
+        root,
+        vm,
+    }
+}
+
+fn host_listen(w: &World, port: u32) -> HvListener {
+    HvListener::bind(&w.root, HvAddr::from_vsock_port(Guid::ZERO, port)).unwrap()
+}
+
+fn guest_connect(w: &World, port: u32) -> VsockStream {
+    VsockStream::connect(&w.guest, VsockAddr::new(2, port)).unwrap()
+}
+
+fn guest_listen(w: &World, port: u32) -> VsockListener {
+    VsockListener::bind(&w.guest, VsockAddr::new(u32::MAX, port)).unwrap()
+}
+
+fn host_connect(w: &World, port: u32) -> HvStream {
+    HvStream::connect(&w.root, HvAddr::from_vsock_port(w.vm, port)).unwrap()
+}
+
+/// A guest-initiated pair: (guest end, host end).
+fn guest_to_host(w: &World, port: u32) -> (VsockStream, HvStream) {
+    let listener = host_listen(w, port);
+    let guest = guest_connect(w, port);
+    let (host, _) = listener.accept().unwrap();
+    (guest, host)
+}
+
+/// A host-initiated pair: (host end, guest end).
+fn host_to_guest(w: &World, port: u32) -> (HvStream, VsockStream) {
+    let listener = guest_listen(w, port);
+    let host = host_connect(w, port);
+    let (guest, _) = listener.accept().unwrap();
+    (host, guest)
+}
+
+#[test]
+fn connecting_to_nothing_is_refused_promptly() {
+    let w = world();
+    let started = Instant::now();
+    let e = VsockStream::connect(&w.guest, VsockAddr::new(2, 9999)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+    let e = HvStream::connect(&w.root, HvAddr::from_vsock_port(w.vm, 9999)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+    // "Promptly": well before any connect timeout would have fired.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let e = HvStream::connect(
+        &w.root,
+        HvAddr::from_vsock_port(Guid::from_vsock_port(77), 1),
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    let e = VsockStream::connect(&w.guest, VsockAddr::new(5, 1)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AddrNotAvailable, "{e}");
+}
+
+#[test]
+fn guest_connects_to_a_host_listener_and_both_talk() {
+    let w = world();
+    let (mut guest, mut host) = guest_to_host(&w, 5000);
+    guest.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    host.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+    host.write_all(b"pong").unwrap();
+    guest.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"pong");
+    assert_eq!(guest.peer_addr().unwrap(), VsockAddr::new(2, 5000));
+    assert_eq!(host.peer_addr().unwrap().vm_id, w.vm);
+    assert_eq!(
+        host.peer_addr().unwrap().service_id.data1(),
+        guest.local_addr().unwrap().port
+    );
+}
+
+#[test]
+fn host_connects_to_a_guest_listener_and_both_talk() {
+    let w = world();
+    let (mut host, mut guest) = host_to_guest(&w, 6000);
+    host.write_all(b"hello guest").unwrap();
+    let mut buf = [0u8; 11];
+    guest.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"hello guest");
+    guest.write_all(b"hi").unwrap();
+    let mut buf = [0u8; 2];
+    host.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"hi");
+    assert_eq!(guest.local_addr().unwrap().port, 6000);
+    assert_eq!(guest.peer_addr().unwrap().cid, 2);
+}
+
+#[test]
+fn half_close_each_direction_independently() {
+    let w = world();
+    for host_first in [false, true] {
+        let (mut a, mut b): (Box<dyn ReadWrite>, Box<dyn ReadWrite>) = if host_first {
+            let (h, g) = host_to_guest(&w, 6100);
+            (Box::new(h), Box::new(g))
+        } else {
+            let (g, h) = guest_to_host(&w, 6200);
+            (Box::new(g), Box::new(h))
+        };
+        a.write_all(b"request").unwrap();
+        a.shutdown_write();
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"request", "EOF after all data");
+        assert_eq!(a.write(b"x").unwrap_err().kind(), ErrorKind::BrokenPipe);
+        // The other direction is still open.
+        b.write_all(b"response").unwrap();
+        b.shutdown_write();
+        let mut got = Vec::new();
+        a.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"response");
+    }
+}
+
+trait ReadWrite: Read + Write {
+    fn shutdown_write(&self);
+}
+impl ReadWrite for VsockStream {
+    fn shutdown_write(&self) {
+        self.shutdown(Shutdown::Write).unwrap();
+    }
+}
+impl ReadWrite for HvStream {
+    fn shutdown_write(&self) {
+        self.shutdown(Shutdown::Write).unwrap();
+    }
+}
+
+#[test]
+fn closing_while_the_peer_reads_ends_its_read() {
+    let w = world();
+    let (guest, host) = guest_to_host(&w, 6300);
+    let reader = std::thread::spawn(move || {
+        let mut host = host;
+        let mut buf = Vec::new();
+        host.read_to_end(&mut buf).map(|_| buf)
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    (&guest).write_all(b"bye").unwrap();
+    drop(guest);
+    assert_eq!(reader.join().unwrap().unwrap(), b"bye");
+
+    let (host, guest) = host_to_guest(&w, 6400);
+    let reader = std::thread::spawn(move || {
+        let mut guest = guest;
+        let mut buf = Vec::new();
+        guest.read_to_end(&mut buf).map(|_| buf)
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    drop(host);
+    assert_eq!(reader.join().unwrap().unwrap(), b"");
+}
+
+#[test]
+fn closing_while_the_peer_writes_fails_its_writes() {
+    let w = world();
+    let (guest, host) = guest_to_host(&w, 6500);
+    let writer = std::thread::spawn(move || {
+        let mut guest = guest;
+        let chunk = vec![0u8; 65536];
+        loop {
+            if let Err(e) = guest.write_all(&chunk) {
+                return e;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    drop(host);
+    let e = writer.join().unwrap();
+    assert!(
+        matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset),
+        "{e}"
+    );
+}
+
+/// Moves `total` bytes each way at random write and read sizes up to
+/// `max`, checking every byte.
+fn transfer<A, B>(mut a: A, mut b: B, total: usize, max: usize, seed: u64)
+where
+    A: Read + Write + Send + 'static,
+    B: Read + Write + Send + 'static,
+    for<'x> &'x A: Read + Write,
+    for<'x> &'x B: Read + Write,
+{
+    let data = pattern(total, seed);
+    let expected = data.clone();
+    let send = std::thread::spawn(move || {
+        let mut rng = seed;
+        let mut at = 0;
+        while at < data.len() {
+            let n = (1 + next(&mut rng) as usize % max).min(data.len() - at);
+            a.write_all(&data[at..at + n]).unwrap();
+            at += n;
+        }
+        a
+    });
+    let mut rng = seed ^ 0xabc;
+    let mut got = vec![0u8; total];
+    let mut at = 0;
+    while at < total {
+        let n = (1 + next(&mut rng) as usize % max).min(total - at);
+        let read = b.read(&mut got[at..at + n]).unwrap();
+        assert!(read > 0, "early end of stream at {at}");
+        at += read;
+    }
+    send.join().unwrap();
+    assert!(got == expected, "the stream arrived damaged");
+}
+
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len).map(|_| next(&mut state) as u8).collect()
+}
+
+#[test]
+fn big_transfers_at_random_sizes_both_directions_and_geometries() {
+    let w = world();
+    let total = if cfg!(debug_assertions) {
+        8 << 20
+    } else {
+        64 << 20
+    };
+    let (g, h) = guest_to_host(&w, 7000);
+    transfer(g, h, total, 1 << 20, 1);
+    let (g, h) = guest_to_host(&w, 7001);
+    transfer(h, g, total, 1 << 20, 2);
+    let (h, g) = host_to_guest(&w, 7002);
+    transfer(h, g, total, 4096, 3);
+    let (h, g) = host_to_guest(&w, 7003);
+    transfer(g, h, total, 100, 4);
+    // The seed's 6-page rings.
+    let listener = host_listen(&w, 7004);
+    let g = VsockStream::connect_with(&w.guest, VsockAddr::new(2, 7004), &ConnectOptions::seed())
+        .unwrap();
+    let (h, _) = listener.accept().unwrap();
+    transfer(g, h, total / 4, 1 << 20, 5);
+}
+
+#[test]
+fn many_clients_at_once() {
+    let w = world();
+    let listener = host_listen(&w, 7100);
+    let server = std::thread::spawn(move || {
+        let mut threads = Vec::new();
+        for _ in 0..50 {
+            let (stream, _) = listener.accept().unwrap();
+            threads.push(std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut buf = Vec::new();
+                (&stream).read_to_end(&mut buf).unwrap();
+                stream.write_all(&buf).unwrap();
+            }));
+        }
+        for t in threads {
+            t.join().unwrap();
+        }
+    });
+    let clients: Vec<_> = (0..50u64)
+        .map(|i| {
+            let guest = w.guest.clone();
+            std::thread::spawn(move || {
+                let mut s = VsockStream::connect(&guest, VsockAddr::new(2, 7100)).unwrap();
+                let data = pattern(10_000 + i as usize * 100, i);
+                s.write_all(&data).unwrap();
+                s.shutdown(Shutdown::Write).unwrap();
+                let mut back = Vec::new();
+                s.read_to_end(&mut back).unwrap();
+                assert!(back == data);
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    server.join().unwrap();
+}
+
+#[test]
+fn nonblocking_reads_and_accepts_and_readiness() {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let w = world();
+    let listener = host_listen(&w, 7200);
+    listener.set_nonblocking(true).unwrap();
+    assert_eq!(listener.accept().unwrap_err().kind(), ErrorKind::WouldBlock);
+    let mut g = guest_connect(&w, 7200);
+    let mut fds = [PollFd::new(&listener, PollFlags::IN)];
+    poll(&mut fds, None).unwrap();
+    let (mut h, _) = listener.accept().unwrap();
+    h.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(h.read(&mut buf).unwrap_err().kind(), ErrorKind::WouldBlock);
+    g.write_all(b"wake").unwrap();
+    let mut fds = [PollFd::new(&h, PollFlags::IN)];
+    poll(&mut fds, None).unwrap();
+    assert_eq!(h.read(&mut buf).unwrap(), 4);
+    assert_eq!(h.read(&mut buf).unwrap_err().kind(), ErrorKind::WouldBlock);
+}
+
+#[test]
+fn read_timeouts_expire() {
+    let w = world();
+    let (g, _h) = guest_to_host(&w, 7300);
+    g.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let e = (&g).read(&mut [0u8; 4]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TimedOut);
+    assert!(g.set_read_timeout(Some(Duration::ZERO)).is_err());
+}
+
+#[test]
+fn peek_then_read() {
+    let w = world();
+    let (mut h, g) = host_to_guest(&w, 7400);
+    h.write_all(b"peekaboo").unwrap();
+    let mut buf = [0u8; 4];
+    assert_eq!(g.peek(&mut buf).unwrap(), 4);
+    assert_eq!(&buf, b"peek");
+    let mut all = [0u8; 8];
+    (&g).read_exact(&mut all).unwrap();
+    assert_eq!(&all, b"peekaboo");
+}
+
+#[test]
+fn a_full_backlog_refuses_and_a_closed_listener_is_gone() {
+    let w = world();
+    let listener = VsockListener::bind_with(
+        &w.guest,
+        VsockAddr::new(u32::MAX, 7500),
+        2,
+        &ConnectOptions::default(),
+    )
+    .unwrap();
+    let _a = host_connect(&w, 7500);
+    let _b = host_connect(&w, 7500);
+    let e = HvStream::connect(&w.root, HvAddr::from_vsock_port(w.vm, 7500)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+    listener.accept().unwrap();
+    let _c = host_connect(&w, 7500);
+    drop(listener);
+    let e = HvStream::connect(&w.root, HvAddr::from_vsock_port(w.vm, 7500)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+}
+
+#[test]
+fn the_same_port_cannot_be_listened_on_twice() {
+    let w = world();
+    let _l = guest_listen(&w, 7600);
+    let e = VsockListener::bind(&w.guest, VsockAddr::new(u32::MAX, 7600)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AddrInUse);
+    let other = Guest::embedded(&w._host, "alpha").unwrap();
+    let e = VsockListener::bind(&other, VsockAddr::new(u32::MAX, 7600)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AddrInUse, "another process of the VM");
+    let _h = host_listen(&w, 7600);
+    let e = HvListener::bind(&w.root, HvAddr::from_vsock_port(Guid::ZERO, 7600)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AddrInUse);
+}
+
+#[test]
+fn try_clone_shares_the_stream_and_closes_with_the_last_handle() {
+    let w = world();
+    let (g, mut h) = guest_to_host(&w, 7700);
+    let g2 = g.try_clone().unwrap();
+    drop(g);
+    (&g2).write_all(b"still here").unwrap();
+    drop(g2);
+    let mut got = Vec::new();
+    h.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"still here");
+}
+
+#[test]
+fn the_host_going_away_resets_streams_and_fails_new_operations() {
+    let host = EmbeddedHost::start(&[("alpha", None)]).unwrap();
+    let guest = Guest::embedded(&host, "alpha").unwrap();
+    let root = Host::embedded(&host).unwrap();
+    let listener = HvListener::bind(&root, HvAddr::from_vsock_port(Guid::ZERO, 8000)).unwrap();
+    let g = VsockStream::connect(&guest, VsockAddr::new(2, 8000)).unwrap();
+    let (_h, _) = listener.accept().unwrap();
+    drop(host);
+    let e = (&g).read(&mut [0u8; 4]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}");
+    let e = VsockStream::connect(&guest, VsockAddr::new(2, 8000)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotConnected, "{e}");
+}
+
+#[test]
+fn tokio_streams_in_both_roles() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = world();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Guest connects to the host; echo through split halves.
+        let listener =
+            hvsock::tokio::HvListener::bind(&w.root, HvAddr::from_vsock_port(Guid::ZERO, 9000))
+                .await
+                .unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (mut r, mut wr) = stream.into_split();
+            tokio::io::copy(&mut r, &mut wr).await.unwrap();
+            wr.shutdown().await.unwrap();
+        });
+        let mut s = hvsock::tokio::VsockStream::connect(&w.guest, VsockAddr::new(2, 9000))
+            .await
+            .unwrap();
+        let data = pattern(3 << 20, 9);
+        let (mut r, mut wr) = s.split();
+        let expected = data.clone();
+        let writer = tokio::spawn(async move {
+            wr.write_all(&data).await.unwrap();
+            wr.shutdown().await.unwrap();
+        });
+        let mut back = Vec::new();
+        r.read_to_end(&mut back).await.unwrap();
+        writer.await.unwrap();
+        server.await.unwrap();
+        assert!(back == expected);
+
+        // Host connects to the guest.
+        let listener = hvsock::tokio::VsockListener::bind(&w.guest, VsockAddr::new(u32::MAX, 9001))
+            .await
+            .unwrap();
+        let vm = w.vm;
+        let root = w.root.clone();
+        let client = tokio::spawn(async move {
+            let mut s = hvsock::tokio::HvStream::connect(&root, HvAddr::from_vsock_port(vm, 9001))
+                .await
+                .unwrap();
+            s.write_all(b"async hello").await.unwrap();
+            s.shutdown().await.unwrap();
+            let mut reply = Vec::new();
+            s.read_to_end(&mut reply).await.unwrap();
+            reply
+        });
+        let (mut g, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        g.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"async hello");
+        g.write_all(b"async reply").await.unwrap();
+        g.shutdown().await.unwrap();
+        drop(g);
+        assert_eq!(client.await.unwrap(), b"async reply");
+    });
+}
