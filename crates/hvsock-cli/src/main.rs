@@ -4,6 +4,7 @@
 //! codes. Each command lives in its own module; protocol logic lives in the
 //! library crates, never here.
 
+mod demo;
 mod host;
 mod ring_dump;
 mod stat;
@@ -27,6 +28,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the whole stack in one process and show each step: an embedded
+    /// host, a VM, a guest service, a host connection, data both ways.
+    #[command(after_help = "\
+Examples:
+  hvsock demo
+  hvsock demo --bytes 1G
+  hvsock demo --quiet")]
+    Demo(demo::DemoArgs),
     /// Work with VMBus ring images.
     #[command(subcommand)]
     Ring(RingCommand),
@@ -71,8 +80,12 @@ Examples:
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose, matches!(cli.command, Command::Host(_)));
+    match &cli.command {
+        Command::Demo(args) if !args.quiet => init_demo_logging(cli.verbose),
+        _ => init_logging(cli.verbose, matches!(cli.command, Command::Host(_))),
+    }
     let result = match cli.command {
+        Command::Demo(args) => demo::run(&args),
         Command::Ring(RingCommand::Dump(args)) => ring_dump::run(&args),
         Command::Host(args) => host::run(&args),
         Command::Vm(command) => vm::run(&command),
@@ -85,6 +98,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The demo shows the messages on the control sockets (`hvsock::wire`),
+/// interleaved with its steps on stdout.
+fn init_demo_logging(verbose: u8) {
+    let filter = match verbose {
+        0 => "warn,hvsock::wire=debug",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .without_time()
+        .with_target(false)
+        .with_level(false)
+        .with_ansi(false)
+        .with_writer(std::io::stdout)
+        .init();
 }
 
 /// `daemon`: a long-running command, whose lifecycle (info) is logged.

@@ -508,6 +508,13 @@ impl Endpoint {
 }
 
 impl Shared {
+    fn who(&self) -> &'static str {
+        match self.role {
+            Role::Guest => "guest",
+            Role::Host => "host process",
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
     }
@@ -577,7 +584,7 @@ impl Shared {
     }
 
     fn send_ext(&self, state: &mut State, request: &ExtRequest) {
-        tracing::debug!(?request, "to host");
+        tracing::debug!(target: "hvsock::wire", "{} -> host  {}", self.who(), describe_request(request));
         self.send_raw(state, &encode_ext(request), &[]);
     }
 
@@ -587,7 +594,7 @@ impl Shared {
         while let Some(output) = state.guest.client.poll_output() {
             match output {
                 Output::Send { message, fds } => {
-                    tracing::debug!(?message, "to host");
+                    tracing::debug!(target: "hvsock::wire", "guest -> host  {}", describe(&message));
                     let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|fd| fd.as_fd()).collect();
                     self.send_raw(state, &message.encode(), &borrowed);
                 }
@@ -977,14 +984,14 @@ impl Shared {
         let mut state = self.lock();
         match Datagram::<ExtEvent>::decode(bytes) {
             Ok(Datagram::Vmbus(message)) if self.role == Role::Guest => {
-                tracing::debug!(?message, "from host");
+                tracing::debug!(target: "hvsock::wire", "host -> guest  {}", describe(&message));
                 if let Err(e) = state.guest.client.handle(message) {
                     tracing::warn!("ignoring a message that breaks the VMBus protocol: {e}");
                 }
                 self.pump(&mut state);
             }
             Ok(Datagram::Ext(event)) => {
-                tracing::debug!(?event, "from host");
+                tracing::debug!(target: "hvsock::wire", "host -> {}  {}", self.who(), describe_event(&event));
                 self.ext_event(&mut state, event, fds);
             }
             Ok(Datagram::Vmbus(message)) => {
@@ -1134,4 +1141,103 @@ fn allocate_port(guest: &mut GuestState) -> io::Result<u32> {
             listeners.contains_key(&port) || connects.keys().any(|(local, _)| *local == guid)
         })
         .map_err(|e| err(io::ErrorKind::AddrNotAvailable, e.to_string()))
+}
+
+/// A VMBus message in one line, for the wire log.
+fn describe(message: &vmbus::Message) -> String {
+    use vmbus::Message as M;
+    let name = message.message_type().name().unwrap_or("?");
+    match message {
+        M::OfferChannel(o) => format!(
+            "{name} relid {} if_type {} if_instance {}{}",
+            o.child_relid,
+            o.if_type,
+            o.if_instance,
+            if o.hvsock_params().is_some_and(|p| p.is_for_guest_accept) {
+                " (connection from host)"
+            } else {
+                ""
+            }
+        ),
+        M::RescindChannelOffer { child_relid }
+        | M::CloseChannel { child_relid }
+        | M::RelidReleased { child_relid } => format!("{name} relid {child_relid}"),
+        M::OpenChannel(o) => format!(
+            "{name} relid {} gpadl {:#x} downstream page offset {} (+ 2 eventfds)",
+            o.child_relid, o.ringbuffer_gpadlhandle, o.downstream_ringbuffer_pageoffset
+        ),
+        M::OpenChannelResult {
+            child_relid,
+            status,
+            ..
+        } => format!("{name} relid {child_relid} status {status:#x}"),
+        M::GpadlHeader(h) => format!(
+            "{name} relid {} gpadl {:#x} {} pages (+ memfd)",
+            h.child_relid(),
+            h.gpadl(),
+            h.total_pages()
+        ),
+        M::GpadlCreated {
+            child_relid,
+            gpadl,
+            creation_status,
+        } => format!("{name} relid {child_relid} gpadl {gpadl:#x} status {creation_status:#x}"),
+        M::GpadlTeardown { child_relid, gpadl } => {
+            format!("{name} relid {child_relid} gpadl {gpadl:#x}")
+        }
+        M::GpadlTorndown { gpadl } => format!("{name} gpadl {gpadl:#x}"),
+        M::InitiateContact(c) => format!("{name} version {:#x}", c.vmbus_version_requested),
+        M::VersionResponse(r) => format!("{name} supported {}", r.version_supported),
+        M::TlConnectRequest(r) => format!(
+            "{name} guest endpoint {} -> host service {}",
+            r.guest_endpoint_id, r.host_service_id
+        ),
+        M::TlConnectResult(r) => format!("{name} status {:#x}", r.status),
+        _ => name.to_owned(),
+    }
+}
+
+fn describe_request(request: &ExtRequest) -> String {
+    match request {
+        ExtRequest::GuestListen { port } => format!("listen on port {port}"),
+        ExtRequest::GuestUnlisten { port } => format!("stop listening on port {port}"),
+        ExtRequest::HostListen { service_id, vm_id } => {
+            format!("listen on service {service_id} for VM {vm_id}")
+        }
+        ExtRequest::HostConnect {
+            vm_id,
+            vm_name,
+            service_id,
+            ..
+        } => format!(
+            "connect to service {service_id} in VM {}",
+            vm_name.clone().unwrap_or_else(|| vm_id.to_string())
+        ),
+        ExtRequest::HostClose { conn } => format!("close connection {conn}"),
+        other => format!("{other:?}"),
+    }
+}
+
+fn describe_event(event: &ExtEvent) -> String {
+    match event {
+        ExtEvent::HostConnected { conn, layout, .. }
+        | ExtEvent::HostIncoming { conn, layout, .. } => format!(
+            "connection {conn} ready: rings of {} + {} pages (+ memfd and 2 eventfds)",
+            layout.guest_to_host_pages,
+            layout.total_pages - layout.guest_to_host_pages
+        ),
+        ExtEvent::HostRevoked { conn, reason } => format!("connection {conn} revoked: {reason}"),
+        ExtEvent::GuestListenResult { port, error } => match error {
+            None => format!("listening on port {port}"),
+            Some(e) => format!("cannot listen on port {port}: {e}"),
+        },
+        ExtEvent::HostListenResult {
+            service_id, error, ..
+        } => match error {
+            None => format!("listening on service {service_id}"),
+            Some(e) => format!("cannot listen on service {service_id}: {e}"),
+        },
+        ExtEvent::HostConnectFailed { message, .. } => format!("connect failed: {message}"),
+        other => format!("{other:?}"),
+    }
 }
