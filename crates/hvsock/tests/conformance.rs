@@ -13,28 +13,142 @@ use hvsock::{
     ConnectOptions, Guest, Guid, Host, HvAddr, HvListener, HvStream, VsockAddr, VsockListener,
     VsockStream,
 };
-use vmbus::daemon::EmbeddedHost;
+use vmbus::daemon::{Daemon, DaemonConfig, EmbeddedHost, ShutdownHandle};
+
+/// Which host the suite runs against.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// In this process, over socket pairs.
+    Embedded,
+    /// `hvsock host`'s daemon on real sockets in a temporary directory.
+    Daemon,
+}
+
+enum Backing {
+    Embedded(Option<EmbeddedHost>),
+    Daemon {
+        _dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+        stop: ShutdownHandle,
+        thread: Option<std::thread::JoinHandle<()>>,
+    },
+}
 
 /// A host with VM "alpha", a guest of it and a host process.
 struct World {
-    _host: EmbeddedHost,
     guest: Guest,
     root: Host,
     vm: Guid,
+    backing: Backing,
 }
 
-fn world() -> World {
-    let host = EmbeddedHost::start(&[("alpha", None)]).expect("start an embedded host");
-    let vm = host.vm_id("alpha").expect("alpha exists");
-    let guest = Guest::embedded(&host, "alpha").expect("join alpha");
-    let root = Host::embedded(&host).expect("join as the host");
+fn world(kind: Kind) -> World {
+    let (backing, vm) = match kind {
+        Kind::Embedded => {
+            let host = EmbeddedHost::start(&[("alpha", None)]).expect("start an embedded host");
+            let vm = host.vm_id("alpha").expect("alpha exists");
+            (Backing::Embedded(Some(host)), vm)
+        }
+        Kind::Daemon => {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("hv").join("host.sock");
+            let mut config = DaemonConfig::new(&path);
+            config.vms.push(("alpha".into(), None));
+            let daemon = Daemon::bind(config).expect("bind the daemon");
+            let vm = daemon.vms()[0].0.id;
+            let stop = daemon.shutdown_handle();
+            let thread = std::thread::spawn(move || daemon.run().expect("the daemon runs"));
+            (
+                Backing::Daemon {
+                    _dir: dir,
+                    path,
+                    stop,
+                    thread: Some(thread),
+                },
+                vm,
+            )
+        }
+    };
+    let (guest, root) = match &backing {
+        Backing::Embedded(host) => {
+            let host = host.as_ref().unwrap();
+            (
+                Guest::embedded(host, "alpha").expect("join alpha"),
+                Host::embedded(host).expect("join as the host"),
+            )
+        }
+        Backing::Daemon { path, .. } => (
+            Guest::connect_daemon_at(path, "alpha").expect("join alpha"),
+            Host::connect_daemon_at(path).expect("join as the host"),
+        ),
+    };
     World {
-        _host: host,
         guest,
         root,
         vm,
+        backing,
     }
 }
+
+impl World {
+    /// Another process of VM alpha.
+    fn another_guest(&self) -> Guest {
+        match &self.backing {
+            Backing::Embedded(host) => Guest::embedded(host.as_ref().unwrap(), "alpha").unwrap(),
+            Backing::Daemon { path, .. } => Guest::connect_daemon_at(path, "alpha").unwrap(),
+        }
+    }
+
+    /// Stops the host (the daemon, or the embedded host's thread).
+    fn stop_host(&mut self) {
+        match &mut self.backing {
+            Backing::Embedded(host) => drop(host.take()),
+            Backing::Daemon { stop, thread, .. } => {
+                stop.shutdown();
+                if let Some(thread) = thread.take() {
+                    thread.join().unwrap();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.stop_host();
+    }
+}
+
+/// Runs each scenario against both kinds of host.
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(#[test] fn $name() { super::$name(super::world(super::Kind::Embedded)) })*
+        }
+        mod daemon {
+            $(#[test] fn $name() { super::$name(super::world(super::Kind::Daemon)) })*
+        }
+    };
+}
+
+scenarios!(
+    connecting_to_nothing_is_refused_promptly,
+    guest_connects_to_a_host_listener_and_both_talk,
+    host_connects_to_a_guest_listener_and_both_talk,
+    half_close_each_direction_independently,
+    closing_while_the_peer_reads_ends_its_read,
+    closing_while_the_peer_writes_fails_its_writes,
+    big_transfers_at_random_sizes_both_directions_and_geometries,
+    many_clients_at_once,
+    nonblocking_reads_and_accepts_and_readiness,
+    read_timeouts_expire,
+    peek_then_read,
+    a_full_backlog_refuses_and_a_closed_listener_is_gone,
+    the_same_port_cannot_be_listened_on_twice,
+    try_clone_shares_the_stream_and_closes_with_the_last_handle,
+    the_host_going_away_resets_streams_and_fails_new_operations,
+    tokio_streams_in_both_roles,
+);
 
 fn host_listen(w: &World, port: u32) -> HvListener {
     HvListener::bind(&w.root, HvAddr::from_vsock_port(Guid::ZERO, port)).unwrap()
@@ -68,9 +182,7 @@ fn host_to_guest(w: &World, port: u32) -> (HvStream, VsockStream) {
     (host, guest)
 }
 
-#[test]
-fn connecting_to_nothing_is_refused_promptly() {
-    let w = world();
+fn connecting_to_nothing_is_refused_promptly(w: World) {
     let started = Instant::now();
     let e = VsockStream::connect(&w.guest, VsockAddr::new(2, 9999)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
@@ -92,9 +204,7 @@ fn connecting_to_nothing_is_refused_promptly() {
     assert_eq!(e.kind(), ErrorKind::AddrNotAvailable, "{e}");
 }
 
-#[test]
-fn guest_connects_to_a_host_listener_and_both_talk() {
-    let w = world();
+fn guest_connects_to_a_host_listener_and_both_talk(w: World) {
     let (mut guest, mut host) = guest_to_host(&w, 5000);
     guest.write_all(b"ping").unwrap();
     let mut buf = [0u8; 4];
@@ -111,9 +221,7 @@ fn guest_connects_to_a_host_listener_and_both_talk() {
     );
 }
 
-#[test]
-fn host_connects_to_a_guest_listener_and_both_talk() {
-    let w = world();
+fn host_connects_to_a_guest_listener_and_both_talk(w: World) {
     let (mut host, mut guest) = host_to_guest(&w, 6000);
     host.write_all(b"hello guest").unwrap();
     let mut buf = [0u8; 11];
@@ -127,9 +235,7 @@ fn host_connects_to_a_guest_listener_and_both_talk() {
     assert_eq!(guest.peer_addr().unwrap().cid, 2);
 }
 
-#[test]
-fn half_close_each_direction_independently() {
-    let w = world();
+fn half_close_each_direction_independently(w: World) {
     for host_first in [false, true] {
         let (mut a, mut b): (Box<dyn ReadWrite>, Box<dyn ReadWrite>) = if host_first {
             let (h, g) = host_to_guest(&w, 6100);
@@ -167,9 +273,7 @@ impl ReadWrite for HvStream {
     }
 }
 
-#[test]
-fn closing_while_the_peer_reads_ends_its_read() {
-    let w = world();
+fn closing_while_the_peer_reads_ends_its_read(w: World) {
     let (guest, host) = guest_to_host(&w, 6300);
     let reader = std::thread::spawn(move || {
         let mut host = host;
@@ -192,9 +296,7 @@ fn closing_while_the_peer_reads_ends_its_read() {
     assert_eq!(reader.join().unwrap().unwrap(), b"");
 }
 
-#[test]
-fn closing_while_the_peer_writes_fails_its_writes() {
-    let w = world();
+fn closing_while_the_peer_writes_fails_its_writes(w: World) {
     let (guest, host) = guest_to_host(&w, 6500);
     let writer = std::thread::spawn(move || {
         let mut guest = guest;
@@ -260,9 +362,7 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
     (0..len).map(|_| next(&mut state) as u8).collect()
 }
 
-#[test]
-fn big_transfers_at_random_sizes_both_directions_and_geometries() {
-    let w = world();
+fn big_transfers_at_random_sizes_both_directions_and_geometries(w: World) {
     let total = if cfg!(debug_assertions) {
         8 << 20
     } else {
@@ -284,9 +384,7 @@ fn big_transfers_at_random_sizes_both_directions_and_geometries() {
     transfer(g, h, total / 4, 1 << 20, 5);
 }
 
-#[test]
-fn many_clients_at_once() {
-    let w = world();
+fn many_clients_at_once(w: World) {
     let listener = host_listen(&w, 7100);
     let server = std::thread::spawn(move || {
         let mut threads = Vec::new();
@@ -323,10 +421,8 @@ fn many_clients_at_once() {
     server.join().unwrap();
 }
 
-#[test]
-fn nonblocking_reads_and_accepts_and_readiness() {
+fn nonblocking_reads_and_accepts_and_readiness(w: World) {
     use rustix::event::{poll, PollFd, PollFlags};
-    let w = world();
     let listener = host_listen(&w, 7200);
     listener.set_nonblocking(true).unwrap();
     assert_eq!(listener.accept().unwrap_err().kind(), ErrorKind::WouldBlock);
@@ -344,9 +440,7 @@ fn nonblocking_reads_and_accepts_and_readiness() {
     assert_eq!(h.read(&mut buf).unwrap_err().kind(), ErrorKind::WouldBlock);
 }
 
-#[test]
-fn read_timeouts_expire() {
-    let w = world();
+fn read_timeouts_expire(w: World) {
     let (g, _h) = guest_to_host(&w, 7300);
     g.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
     let e = (&g).read(&mut [0u8; 4]).unwrap_err();
@@ -354,9 +448,7 @@ fn read_timeouts_expire() {
     assert!(g.set_read_timeout(Some(Duration::ZERO)).is_err());
 }
 
-#[test]
-fn peek_then_read() {
-    let w = world();
+fn peek_then_read(w: World) {
     let (mut h, g) = host_to_guest(&w, 7400);
     h.write_all(b"peekaboo").unwrap();
     let mut buf = [0u8; 4];
@@ -367,9 +459,7 @@ fn peek_then_read() {
     assert_eq!(&all, b"peekaboo");
 }
 
-#[test]
-fn a_full_backlog_refuses_and_a_closed_listener_is_gone() {
-    let w = world();
+fn a_full_backlog_refuses_and_a_closed_listener_is_gone(w: World) {
     let listener = VsockListener::bind_with(
         &w.guest,
         VsockAddr::new(u32::MAX, 7500),
@@ -388,13 +478,11 @@ fn a_full_backlog_refuses_and_a_closed_listener_is_gone() {
     assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
 }
 
-#[test]
-fn the_same_port_cannot_be_listened_on_twice() {
-    let w = world();
+fn the_same_port_cannot_be_listened_on_twice(w: World) {
     let _l = guest_listen(&w, 7600);
     let e = VsockListener::bind(&w.guest, VsockAddr::new(u32::MAX, 7600)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AddrInUse);
-    let other = Guest::embedded(&w._host, "alpha").unwrap();
+    let other = w.another_guest();
     let e = VsockListener::bind(&other, VsockAddr::new(u32::MAX, 7600)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AddrInUse, "another process of the VM");
     let _h = host_listen(&w, 7600);
@@ -402,9 +490,7 @@ fn the_same_port_cannot_be_listened_on_twice() {
     assert_eq!(e.kind(), ErrorKind::AddrInUse);
 }
 
-#[test]
-fn try_clone_shares_the_stream_and_closes_with_the_last_handle() {
-    let w = world();
+fn try_clone_shares_the_stream_and_closes_with_the_last_handle(w: World) {
     let (g, mut h) = guest_to_host(&w, 7700);
     let g2 = g.try_clone().unwrap();
     drop(g);
@@ -415,25 +501,19 @@ fn try_clone_shares_the_stream_and_closes_with_the_last_handle() {
     assert_eq!(got, b"still here");
 }
 
-#[test]
-fn the_host_going_away_resets_streams_and_fails_new_operations() {
-    let host = EmbeddedHost::start(&[("alpha", None)]).unwrap();
-    let guest = Guest::embedded(&host, "alpha").unwrap();
-    let root = Host::embedded(&host).unwrap();
-    let listener = HvListener::bind(&root, HvAddr::from_vsock_port(Guid::ZERO, 8000)).unwrap();
-    let g = VsockStream::connect(&guest, VsockAddr::new(2, 8000)).unwrap();
+fn the_host_going_away_resets_streams_and_fails_new_operations(mut w: World) {
+    let listener = host_listen(&w, 8000);
+    let g = guest_connect(&w, 8000);
     let (_h, _) = listener.accept().unwrap();
-    drop(host);
+    w.stop_host();
     let e = (&g).read(&mut [0u8; 4]).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}");
-    let e = VsockStream::connect(&guest, VsockAddr::new(2, 8000)).unwrap_err();
+    let e = VsockStream::connect(&w.guest, VsockAddr::new(2, 8000)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotConnected, "{e}");
 }
 
-#[test]
-fn tokio_streams_in_both_roles() {
+fn tokio_streams_in_both_roles(w: World) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let w = world();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -142,13 +142,14 @@ enum Contact {
     Refused,
 }
 
-/// The fds and layout of a channel being opened or open.
+/// The GPADL and layout of a channel being opened or open, and until
+/// OPENCHANNEL is sent, the eventfds to send with it (kept no longer: a
+/// guest with thousands of channels should not hold two extra fds each).
 #[derive(Debug)]
 struct Rings {
     gpadl: u32,
     layout: RingLayout,
-    signal_to_host: Arc<OwnedFd>,
-    signal_from_host: Arc<OwnedFd>,
+    signals: Option<[Arc<OwnedFd>; 2]>,
 }
 
 #[derive(Debug)]
@@ -308,8 +309,7 @@ impl GuestClient {
         self.channel_mut(relid)?.state = State::GpadlSent(Rings {
             gpadl,
             layout,
-            signal_to_host,
-            signal_from_host,
+            signals: Some([signal_to_host, signal_from_host]),
         });
         let mut fds = vec![memfd];
         for message in messages {
@@ -439,7 +439,8 @@ impl GuestClient {
             self.event(Event::Opened { relid, status });
             return Ok(());
         }
-        let State::GpadlSent(rings) = std::mem::replace(&mut channel.state, State::Offered) else {
+        let State::GpadlSent(mut rings) = std::mem::replace(&mut channel.state, State::Offered)
+        else {
             unreachable!("checked above");
         };
         let message = Message::OpenChannel(OpenChannel {
@@ -451,7 +452,7 @@ impl GuestClient {
             userdata: [0; USER_DEFINED_SIZE],
             guest_signal: None,
         });
-        let fds = vec![rings.signal_to_host.clone(), rings.signal_from_host.clone()];
+        let fds = rings.signals.take().map_or_else(Vec::new, Vec::from);
         channel.state = State::OpenSent(rings);
         self.output.push_back(Output::Send { message, fds });
         Ok(())
