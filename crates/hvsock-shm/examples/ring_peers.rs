@@ -192,7 +192,11 @@ fn reader(params: Params, args: &[String]) -> Result<()> {
         // End of a batch: everything the last load of write_index showed is
         // consumed (the next read reloads it).
         if reader.ring().cached_available() == 0 {
-            if reader.commit()? && params.blocking {
+            if !params.blocking {
+                // Both ends poll: publish without the fence and the
+                // pending-send-size check that a sleeping writer needs.
+                reader.ring_mut().publish()?;
+            } else if reader.commit()? {
                 signals += 1;
                 space_ready.signal()?;
             }
@@ -274,7 +278,9 @@ fn writer(params: Params, fd: RawFd) -> Result<()> {
         }
         let written = writer.write(&src)?;
         debug_assert_eq!(written, params.payload);
-        if writer.commit()? && params.blocking {
+        if !params.blocking {
+            writer.ring_mut().publish()?;
+        } else if writer.commit()? {
             signals += 1;
             data_ready.signal()?;
         }

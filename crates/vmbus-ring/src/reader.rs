@@ -209,6 +209,19 @@ impl<M: RingMem> RingReader<M> {
         Ok(free_before <= pending && free_now > pending)
     }
 
+    /// Publishes `read_index` past every consumed packet, for a writer that
+    /// polls and never sleeps: a release store and nothing else (no fence,
+    /// no pending-send-size check). A writer that may sleep needs
+    /// [`commit`](Self::commit).
+    pub fn publish(&mut self) -> Result<(), Corruption> {
+        self.check_broken()?;
+        if self.read != self.published {
+            self.mem.store_control(word::READ_INDEX, self.read, Release);
+            self.published = self.read;
+        }
+        Ok(())
+    }
+
     /// Sets `interrupt_mask`: while masked, the writer does not signal.
     pub fn mask(&self) {
         self.mem.store_control(word::INTERRUPT_MASK, 1, Relaxed);
