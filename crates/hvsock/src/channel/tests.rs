@@ -232,3 +232,95 @@ fn busy_polling_readers_get_the_same_bytes() {
     assert!(read_to_end(&host) == data);
     writer.join().unwrap();
 }
+
+mod model {
+    //! The two ends of a channel against a model: two byte queues, each
+    //! with a flag for its FIN, driven by random non-blocking operations.
+
+    use std::collections::VecDeque;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Write { guest: bool, len: usize },
+        Read { guest: bool, len: usize },
+        Peek { guest: bool, len: usize },
+        ShutdownWrite { guest: bool },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let len = prop_oneof![1usize..64, 1usize..5000, 1usize..40_000];
+        prop_oneof![
+            4 => (any::<bool>(), len.clone()).prop_map(|(guest, len)| Op::Write { guest, len }),
+            4 => (any::<bool>(), len.clone()).prop_map(|(guest, len)| Op::Read { guest, len }),
+            1 => (any::<bool>(), len).prop_map(|(guest, len)| Op::Peek { guest, len }),
+            1 => any::<bool>().prop_map(|guest| Op::ShutdownWrite { guest }),
+        ]
+    }
+
+    /// One direction of the model.
+    #[derive(Default)]
+    struct Direction {
+        bytes: VecDeque<u8>,
+        fin: bool,
+        next: u8,
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn both_ends_behave_like_two_queues(ops in prop::collection::vec(op(), 1..80)) {
+            let (guest, host) = pair(6, 6);
+            // [guest -> host, host -> guest]
+            let mut model = [Direction::default(), Direction::default()];
+            for op in ops {
+                match op {
+                    Op::Write { guest: g, len } => {
+                        let (io, dir) = if g { (&guest, &mut model[0]) } else { (&host, &mut model[1]) };
+                        let data: Vec<u8> = (0..len).map(|i| dir.next.wrapping_add(i as u8)).collect();
+                        match io.write(&data, NOWAIT) {
+                            Ok(n) => {
+                                prop_assert!(!dir.fin && n > 0 && n <= len);
+                                dir.bytes.extend(&data[..n]);
+                                dir.next = dir.next.wrapping_add(n as u8);
+                            }
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => prop_assert!(!dir.fin),
+                            Err(e) => prop_assert!(dir.fin && e.kind() == ErrorKind::BrokenPipe, "{e}"),
+                        }
+                    }
+                    Op::Read { guest: g, len } | Op::Peek { guest: g, len } => {
+                        let peek = matches!(op, Op::Peek { .. });
+                        let (io, dir) = if g { (&guest, &mut model[1]) } else { (&host, &mut model[0]) };
+                        let mut buf = vec![0u8; len];
+                        let result = if peek { io.peek(&mut buf, NOWAIT) } else { io.read(&mut buf, NOWAIT) };
+                        match result {
+                            Ok(0) => prop_assert!(dir.fin && dir.bytes.is_empty(), "early end of stream"),
+                            Ok(n) => {
+                                prop_assert!(n <= len && n <= dir.bytes.len());
+                                prop_assert!(dir.bytes.iter().take(n).eq(buf[..n].iter()), "wrong bytes");
+                                if !peek {
+                                    dir.bytes.drain(..n);
+                                }
+                                // A read fills the buffer when the data is there.
+                                prop_assert!(peek || n == len || dir.bytes.is_empty());
+                            }
+                            Err(e) => {
+                                prop_assert_eq!(e.kind(), ErrorKind::WouldBlock);
+                                prop_assert!(dir.bytes.is_empty() && !dir.fin);
+                            }
+                        }
+                    }
+                    Op::ShutdownWrite { guest: g } => {
+                        let (io, dir) = if g { (&guest, &mut model[0]) } else { (&host, &mut model[1]) };
+                        io.shutdown_write().unwrap();
+                        dir.fin = true;
+                    }
+                }
+            }
+        }
+    }
+}
