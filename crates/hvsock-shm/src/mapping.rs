@@ -121,6 +121,37 @@ impl Mapping {
         Ok(())
     }
 
+    /// Writes the `len` bytes at byte `offset` of the mapping to `fd` with one
+    /// `write(2)`: the kernel copies them straight out of the shared memory,
+    /// with no copy in this process (the zero-copy path of a relay). Returns
+    /// how many bytes were written; a non-blocking `fd` may give
+    /// `WouldBlock`. What the peer writes into those bytes meanwhile goes
+    /// out as it is: they are data, never trusted.
+    pub fn write_to_fd(
+        &self,
+        offset: usize,
+        len: usize,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<usize, std::io::Error> {
+        use std::os::fd::AsRawFd;
+        self.check(offset, len).map_err(std::io::Error::other)?;
+        loop {
+            // SAFETY: the range was just checked to lie inside the mapping,
+            // which stays mapped while `self` is borrowed; the kernel only
+            // reads it. Passing a raw pointer creates no Rust reference to
+            // bytes the peer may be changing.
+            let written =
+                unsafe { libc::write(fd.as_raw_fd(), self.ptr.as_ptr().add(offset).cast(), len) };
+            if written >= 0 {
+                return Ok(written as usize);
+            }
+            let error = std::io::Error::last_os_error();
+            if error.kind() != std::io::ErrorKind::Interrupted {
+                return Err(error);
+            }
+        }
+    }
+
     /// The 32-bit word at byte `offset` (which must be a multiple of 4), as an
     /// atomic shared with every other mapping of the same memory.
     ///

@@ -280,6 +280,20 @@ impl Stream {
 macro_rules! stream_methods {
     ($name:ident) => {
         impl $name {
+            /// Moves up to `max` received bytes straight from the ring to
+            /// `fd` (a file, a pipe, a socket): the kernel copies them out
+            /// of the shared ring with `write(2)`, so they never pass
+            /// through a buffer of this process. Waits for data like a read;
+            /// `Ok(0)` is the end of the stream.
+            pub fn read_to_fd(&self, fd: impl AsFd, max: usize) -> io::Result<usize> {
+                let s = self.0.settings();
+                self.0 .0.io.read_to_fd(
+                    fd.as_fd(),
+                    max,
+                    Wait::timeout(s.nonblocking, s.read_timeout),
+                )
+            }
+
             /// Reads without consuming (MSG_PEEK): waits for data like a read.
             pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
                 self.0.peek(buf)

@@ -7,6 +7,7 @@
 //! that); it learns that the peer is gone through [`ChannelIo::mark_gone`].
 
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -66,6 +67,8 @@ pub(crate) struct ChannelIo {
     mapping: Arc<Mapping>,
     /// Where the count of bytes we wrote lives (informational, for stat).
     counter_offset: usize,
+    /// Where the data area of the ring we read starts in the mapping.
+    rx_data_offset: usize,
     /// Spin this long (nanoseconds) before sleeping; 0 = never spin.
     busy_poll: AtomicU64,
 }
@@ -101,6 +104,7 @@ impl ChannelIo {
                 g2h * PAGE_SIZE,
             ),
         };
+        let rx_data_offset = rx_mem.control_offset() + PAGE_SIZE;
         let attach = |e: vmbus_ring::AttachError| {
             err(
                 io::ErrorKind::InvalidData,
@@ -133,6 +137,7 @@ impl ChannelIo {
             gone: Mutex::new(None),
             mapping,
             counter_offset: tx_offset + BYTES_WRITTEN_OFFSET,
+            rx_data_offset,
             busy_poll: AtomicU64::new(0),
         })
     }
@@ -183,6 +188,76 @@ impl ChannelIo {
             return Ok(0);
         }
         self.wait_for(opts, |this| this.try_read(buf, true))
+    }
+
+    /// Moves up to `max` stream bytes from the ring straight to `fd` with
+    /// `write(2)`: the kernel reads them out of shared memory, with no copy
+    /// in this process. Returns the bytes moved; `Ok(0)` is the end of the
+    /// stream (or `max == 0`). Waits for data like a read; a non-blocking
+    /// `fd` that cannot take more gives `WouldBlock`.
+    pub(crate) fn read_to_fd(
+        &self,
+        fd: BorrowedFd<'_>,
+        max: usize,
+        opts: Wait,
+    ) -> io::Result<usize> {
+        if max == 0 {
+            return Ok(0);
+        }
+        self.wait_for(opts, |this| this.try_read_to_fd(fd, max))
+    }
+
+    fn try_read_to_fd(&self, fd: BorrowedFd<'_>, max: usize) -> io::Result<Option<usize>> {
+        let mut rx = lock(&self.rx);
+        if rx.shut {
+            return Ok(Some(0));
+        }
+        let gone = self.gone();
+        loop {
+            if let Some(span) = rx.reader.data_span().map_err(corrupt)? {
+                let mut moved = 0usize;
+                for (offset, len) in [Some(span.first), span.second].into_iter().flatten() {
+                    let len = (len as usize).min(max - moved);
+                    if len == 0 {
+                        break;
+                    }
+                    let result =
+                        self.mapping
+                            .write_to_fd(self.rx_data_offset + offset as usize, len, fd);
+                    match result {
+                        Ok(n) => {
+                            moved += n;
+                            if n < len {
+                                break;
+                            }
+                        }
+                        // Bytes already moved count; the error shows next time.
+                        Err(_) if moved > 0 => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                rx.reader.consume_data(moved as u32);
+                if rx.reader.commit().map_err(corrupt)? {
+                    self.signal_peer()?;
+                }
+                return Ok(Some(moved));
+            }
+            if rx.reader.commit().map_err(corrupt)? {
+                self.signal_peer()?;
+            }
+            if rx.reader.fin_received() {
+                return Ok(Some(0));
+            }
+            if let Some(Gone::Closed(reason)) = &gone {
+                return Err(err(
+                    io::ErrorKind::ConnectionReset,
+                    format!("connection reset: {reason} before the peer finished sending"),
+                ));
+            }
+            if rx.reader.ring_mut().available().map_err(corrupt)? == 0 {
+                return Ok(None);
+            }
+        }
     }
 
     /// Writes some of `buf`; returns how much.

@@ -33,6 +33,6 @@ mod writer;
 
 pub use error::{Corruption, CorruptionKind, IndexField, Location, WriteError};
 pub use mem::{HeapRingMem, RingMem, CONTROL_PAGE_SIZE};
-pub use pipe::{PipeReader, PipeWriteError, PipeWriter};
+pub use pipe::{DataSpan, PipeReader, PipeWriteError, PipeWriter};
 pub use reader::{Packet, RingReader};
 pub use writer::{init_control_page, AttachError, RingWriter};

@@ -55,6 +55,28 @@ pub fn read_pipe_header<M: RingMem>(
     Ok(data_size)
 }
 
+/// Unread stream bytes in the data area: `(offset, len)` pieces, the second
+/// one present when the bytes wrap around the end of the ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataSpan {
+    /// The first piece.
+    pub first: (u32, u32),
+    /// The piece after the wrap, if any.
+    pub second: Option<(u32, u32)>,
+}
+
+impl DataSpan {
+    /// Bytes in the span.
+    pub fn len(&self) -> u32 {
+        self.first.1 + self.second.map_or(0, |s| s.1)
+    }
+
+    /// Whether the span is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The data packet being read: how much of it is left.
 #[derive(Debug, Clone, Copy)]
 struct Partial {
@@ -152,6 +174,43 @@ impl<M: RingMem> PipeReader<M> {
             PIPE_HEADER_SIZE as u32 + partial.consumed,
             &mut buf[..n],
         ))
+    }
+
+    /// Where the unread data of the packet being read lies in the data area,
+    /// without copying it: for callers that hand the bytes on in place (for
+    /// example to `write(2)` straight from shared memory). FIN packets on the
+    /// way are consumed as [`read`](Self::read) does. Consume with
+    /// [`consume_data`](Self::consume_data).
+    pub fn data_span(&mut self) -> Result<Option<DataSpan>, Corruption> {
+        let Some(partial) = self.current_or_next()? else {
+            return Ok(None);
+        };
+        self.current = Some(partial);
+        let size = self.ring.data_size();
+        let start = crate::layout::advance(
+            partial.packet.start,
+            (partial.packet.payload_offset() + PIPE_HEADER_SIZE as u32 + partial.consumed) % size,
+            size,
+        );
+        let len = partial.data_size - partial.consumed;
+        let first = len.min(size - start);
+        Ok(Some(DataSpan {
+            first: (start, first),
+            second: (first < len).then_some((0, len - first)),
+        }))
+    }
+
+    /// Consumes `n` bytes of the span [`data_span`](Self::data_span)
+    /// returned (at most its length).
+    pub fn consume_data(&mut self, n: u32) {
+        if let Some(mut partial) = self.current.take() {
+            partial.consumed += n.min(partial.data_size - partial.consumed);
+            if partial.consumed == partial.data_size {
+                self.ring.consume();
+            } else {
+                self.current = Some(partial);
+            }
+        }
     }
 
     /// Publishes the space of consumed packets; returns whether the writer
