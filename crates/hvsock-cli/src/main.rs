@@ -4,8 +4,16 @@
 //! codes. Each command lives in its own module; protocol logic lives in the
 //! library crates, never here.
 
+mod addr;
+mod bench;
+mod conn;
+mod connect;
 mod demo;
+mod errors;
 mod host;
+mod listen;
+mod progress;
+mod relay;
 mod ring_dump;
 mod stat;
 mod vm;
@@ -60,6 +68,43 @@ Examples:
   hvsock stat --json
   hvsock stat --watch --socket /tmp/hv/host.sock")]
     Stat(stat::StatArgs),
+    /// Measure hvsock next to a Unix stream socket and TCP over loopback,
+    /// in the same run: throughput, round trip, set-up rate, many
+    /// connections, CPU per GiB.
+    #[command(after_help = "\
+Examples:
+  hvsock bench --quick
+  hvsock bench --only rtt
+  hvsock bench --json > bench.json
+  hvsock bench --plot docs/throughput.png")]
+    Bench(bench::BenchArgs),
+    /// Accept hvsock connections and relay each with stdin/stdout (or a
+    /// command), like `nc -l`.
+    #[command(after_help = "\
+Without --vm, a host process listens on SERVICE for every VM (or VM:SERVICE
+for one); with --vm NAME, a guest of VM NAME listens on a vsock port. Stdin's
+end sends the FIN; the peer's FIN ends the output; exit 0 when both are done,
+1 when the connection is reset.
+
+Examples:
+  hvsock listen --vm alpha 5000                  # in VM alpha, one client
+  hvsock listen -k alpha:5000 > log              # host, clients of alpha, one after another
+  hvsock listen --vm alpha -k --max 16 --exec cat 7  # an echo service, 16 at once
+  hvsock listen --socket /tmp/hv/host.sock 0x1388")]
+    Listen(listen::ListenArgs),
+    /// Connect to an hvsock service and relay it with stdin/stdout, like
+    /// `nc`.
+    #[command(after_help = "\
+Without --vm, a host process connects to VM:SERVICE; with --vm NAME, a guest
+of VM NAME connects to a host port. Exit 0 when both directions are done, 1
+when refused (nobody listening) or reset.
+
+Examples:
+  echo hello | hvsock connect alpha:5000         # host -> service 5000 in VM alpha
+  hvsock connect --vm alpha 5000 < file          # guest of alpha -> host port 5000
+  hvsock connect --progress --size 1G alpha:5000 < big.img
+  hvsock connect --timeout 30 3f2504e0-4f89-11d3-9a0c-0305e82c3301:5000")]
+    Connect(connect::ConnectArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -90,6 +135,9 @@ fn main() -> ExitCode {
         Command::Host(args) => host::run(&args),
         Command::Vm(command) => vm::run(&command),
         Command::Stat(args) => stat::run(&args),
+        Command::Bench(args) => bench::run(&args),
+        Command::Listen(args) => listen::run(&args),
+        Command::Connect(args) => connect::run(&args),
     };
     match result {
         Ok(code) => code,
