@@ -573,3 +573,72 @@ fn tokio_streams_in_both_roles(w: World) {
         assert_eq!(client.await.unwrap(), b"async reply");
     });
 }
+
+/// Channels the host still knows of.
+fn channels(host: &EmbeddedHost) -> usize {
+    use vmbus::ext::{ExtEvent, ExtRequest};
+    let socket = host.connect(vmbus::ext::Partition::Root).unwrap();
+    match vmbus::daemon::control::request(&socket, &ExtRequest::Stat).unwrap() {
+        ExtEvent::Stat { report } => report.channels.len(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_closed_guest_stream_is_released_after_eight_seconds_if_the_host_keeps_it() {
+    let host = EmbeddedHost::start(&[("alpha", None)]).unwrap();
+    let guest = Guest::embedded(&host, "alpha").unwrap();
+    let root = Host::embedded(&host).unwrap();
+    let listener = HvListener::bind(&root, HvAddr::from_vsock_port(Guid::ZERO, 8100)).unwrap();
+    let mut g = VsockStream::connect(&guest, VsockAddr::new(2, 8100)).unwrap();
+    let (mut h, _) = listener.accept().unwrap();
+    g.write_all(b"last").unwrap();
+    // Dropping sends the FIN and returns; the channel stays open for the
+    // host, which reads everything and the end of the stream.
+    drop(g);
+    let mut got = Vec::new();
+    h.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"last");
+    assert_eq!(channels(&host), 1, "the guest waits for the host's rescind");
+    // The host never closes: after 8 s the guest closes the channel itself,
+    // and the host's writes fail.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match h.write(b"x") {
+            Ok(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Ok(_) => panic!("the guest never released the channel"),
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::BrokenPipe, "{e}");
+                break;
+            }
+        }
+    }
+    drop(h);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while channels(&host) != 0 {
+        assert!(Instant::now() < deadline, "the relid was never released");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_host_close_releases_the_channel_at_once() {
+    let host = EmbeddedHost::start(&[("alpha", None)]).unwrap();
+    let guest = Guest::embedded(&host, "alpha").unwrap();
+    let root = Host::embedded(&host).unwrap();
+    let listener = VsockListener::bind(&guest, VsockAddr::new(u32::MAX, 8200)).unwrap();
+    let h = HvStream::connect(
+        &root,
+        HvAddr::from_vsock_port(host.vm_id("alpha").unwrap(), 8200),
+    )
+    .unwrap();
+    let (g, _) = listener.accept().unwrap();
+    drop(h);
+    drop(g);
+    // Rescind, close and release need only the messages to pass.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while channels(&host) != 0 {
+        assert!(Instant::now() < deadline, "the channel was not released");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
