@@ -162,11 +162,6 @@ impl std::fmt::Display for ConnectSpec {
 }
 
 impl Side {
-    /// Whether this is a guest.
-    pub fn is_guest(&self) -> bool {
-        matches!(self, Side::Guest(_))
-    }
-
     /// Listens on `spec` (which must be for this role).
     pub fn listen(&self, spec: &ListenSpec, backlog: usize) -> anyhow::Result<Listener> {
         let result = match (self, spec) {

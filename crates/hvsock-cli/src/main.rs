@@ -6,6 +6,7 @@
 
 mod addr;
 mod bench;
+mod bridge;
 mod conn;
 mod connect;
 mod demo;
@@ -105,6 +106,23 @@ Examples:
   hvsock connect --progress --size 1G alpha:5000 < big.img
   hvsock connect --timeout 30 3f2504e0-4f89-11d3-9a0c-0305e82c3301:5000")]
     Connect(connect::ConnectArgs),
+    /// Relay between TCP, Unix sockets and hvsock, like socat: each
+    /// connection accepted on FROM gets its own connection to TO.
+    #[command(after_help = "\
+Addresses: tcp-listen:[HOST:]PORT (HOST defaults to 127.0.0.1), tcp:HOST:PORT,
+unix-listen:PATH, unix:PATH, hv-listen:[VM:]SERVICE, hv:[VM:]SERVICE. With
+--vm NAME the hv sides are a guest of VM NAME (a port to listen on, a host
+port to connect to). Each direction is half-closed on its own. SIGUSR1
+prints the counters (connections, bytes each way); so does the exit
+(SIGINT, SIGTERM).
+
+Examples:
+  hvsock bridge tcp-listen:8080 hv:alpha:80                 # host TCP 8080 -> port 80 in VM alpha
+  hvsock bridge --vm alpha hv-listen:80 tcp:127.0.0.1:8000  # inside alpha: port 80 -> a local web server
+  hvsock bridge unix-listen:/tmp/alpha-ssh.sock hv:alpha:22
+  hvsock bridge --progress hv-listen:5000 unix:/run/app.sock
+  kill -USR1 $(pidof hvsock)                                # print the counters")]
+    Bridge(bridge::BridgeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,6 +156,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(&args),
         Command::Listen(args) => listen::run(&args),
         Command::Connect(args) => connect::run(&args),
+        Command::Bridge(args) => bridge::run(&args),
     };
     match result {
         Ok(code) => code,
