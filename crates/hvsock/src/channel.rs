@@ -165,6 +165,16 @@ impl ChannelIo {
         self.waiter.wake();
     }
 
+    /// The peer broke the ring protocol: the whole connection is reset.
+    /// Marks the peer gone, so that the other direction fails too instead
+    /// of going on with a peer that wrote nonsense, and says what it broke.
+    fn reset(&self, c: vmbus_ring::Corruption) -> io::Error {
+        self.mark_gone(Gone::Closed(format!(
+            "the peer broke the ring protocol ({c})"
+        )));
+        corrupt(c)
+    }
+
     fn gone(&self) -> Option<Gone> {
         lock(&self.gone).clone()
     }
@@ -214,7 +224,7 @@ impl ChannelIo {
         }
         let gone = self.gone();
         loop {
-            if let Some(span) = rx.reader.data_span().map_err(corrupt)? {
+            if let Some(span) = rx.reader.data_span().map_err(|c| self.reset(c))? {
                 let mut moved = 0usize;
                 for (offset, len) in [Some(span.first), span.second].into_iter().flatten() {
                     let len = (len as usize).min(max - moved);
@@ -237,12 +247,12 @@ impl ChannelIo {
                     }
                 }
                 rx.reader.consume_data(moved as u32);
-                if rx.reader.commit().map_err(corrupt)? {
+                if rx.reader.commit().map_err(|c| self.reset(c))? {
                     self.signal_peer()?;
                 }
                 return Ok(Some(moved));
             }
-            if rx.reader.commit().map_err(corrupt)? {
+            if rx.reader.commit().map_err(|c| self.reset(c))? {
                 self.signal_peer()?;
             }
             if rx.reader.fin_received() {
@@ -254,7 +264,13 @@ impl ChannelIo {
                     format!("connection reset: {reason} before the peer finished sending"),
                 ));
             }
-            if rx.reader.ring_mut().available().map_err(corrupt)? == 0 {
+            if rx
+                .reader
+                .ring_mut()
+                .available()
+                .map_err(|c| self.reset(c))?
+                == 0
+            {
                 return Ok(None);
             }
         }
@@ -317,8 +333,8 @@ impl ChannelIo {
             } else {
                 rx.reader.read(buf)
             }
-            .map_err(corrupt)?;
-            if rx.reader.commit().map_err(corrupt)? {
+            .map_err(|c| self.reset(c))?;
+            if rx.reader.commit().map_err(|c| self.reset(c))? {
                 self.signal_peer()?;
             }
             if n > 0 {
@@ -335,7 +351,13 @@ impl ChannelIo {
             }
             // The re-check before sleeping: `available` fences after our
             // read_index store, pairing with the writer's fence.
-            if rx.reader.ring_mut().available().map_err(corrupt)? == 0 {
+            if rx
+                .reader
+                .ring_mut()
+                .available()
+                .map_err(|c| self.reset(c))?
+                == 0
+            {
                 return Ok(None);
             }
         }
@@ -356,9 +378,12 @@ impl ChannelIo {
             ));
         }
         loop {
-            let n = tx.writer.write(buf).map_err(write_error)?;
+            let n = tx.writer.write(buf).map_err(|e| match e {
+                PipeWriteError::Ring(WriteError::Corrupt(c)) => self.reset(c),
+                other => write_error(other),
+            })?;
             if n > 0 {
-                if tx.writer.commit().map_err(corrupt)? {
+                if tx.writer.commit().map_err(|c| self.reset(c))? {
                     self.signal_peer()?;
                 }
                 tx.bytes += n as u64;
@@ -372,7 +397,7 @@ impl ChannelIo {
             tx.writer
                 .ring_mut()
                 .space_after_arming(0)
-                .map_err(corrupt)?;
+                .map_err(|c| self.reset(c))?;
             if tx.writer.cached_writable() == 0 {
                 return Ok(None);
             }
@@ -387,13 +412,13 @@ impl ChannelIo {
             return Ok(());
         }
         tx.writer.write_fin().map_err(|e| match e {
-            WriteError::Corrupt(c) => corrupt(c),
+            WriteError::Corrupt(c) => self.reset(c),
             other => err(
                 io::ErrorKind::ConnectionReset,
                 format!("cannot send the end of stream: {other}"),
             ),
         })?;
-        if tx.writer.commit().map_err(corrupt)? {
+        if tx.writer.commit().map_err(|c| self.reset(c))? {
             self.signal_peer()?;
         }
         Ok(())
