@@ -238,11 +238,11 @@ fn bridge(args: &BridgeArgs) -> anyhow::Result<ExitCode> {
         Listener::Tcp(l) => format!("tcp-listen:{}", l.local_addr()?),
         _ => args.from.to_string(),
     };
+    watch_signals(traffic.clone(), names.clone(), cleanup)?;
     eprintln!(
         "hvsock bridge: listening on {shown}, relaying to {}",
         args.to
     );
-    watch_signals(traffic.clone(), names.clone(), cleanup)?;
     let _meter = Meter::start("bridge", traffic.clone(), None, args.progress);
     loop {
         let (from, peer) = match listener.accept() {

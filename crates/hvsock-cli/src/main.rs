@@ -12,6 +12,7 @@ mod connect;
 mod demo;
 mod errors;
 mod host;
+mod hybrid;
 mod listen;
 mod progress;
 mod relay;
@@ -123,6 +124,21 @@ Examples:
   hvsock bridge --progress hv-listen:5000 unix:/run/app.sock
   kill -USR1 $(pidof hvsock)                                # print the counters")]
     Bridge(bridge::BridgeArgs),
+    /// Serve a VM's vsock as Firecracker / Cloud Hypervisor / OpenVMM do:
+    /// a Unix socket that takes `CONNECT <port>` lines.
+    #[command(after_help = "\
+A host program connects to PATH, writes `CONNECT <port>\\n` (or a service
+GUID), reads `OK <n>\\n`, then talks to that port in the VM. No listener, a
+malformed or over-long line, or no line within 2 seconds: the socket is
+closed with nothing relayed. A guest connecting to host port P reaches the
+Unix socket PATH_P, if it exists (the directory is scanned every second).
+
+Examples:
+  hvsock hybrid --vm alpha --socket /tmp/alpha.vsock
+  printf 'CONNECT 5000\\nhello\\n' | socat - UNIX-CONNECT:/tmp/alpha.vsock
+  socat UNIX-LISTEN:/tmp/alpha.vsock_7000,fork EXEC:cat &   # guest connects to host port 7000
+  hvsock hybrid --vm alpha --socket /run/alpha.vsock --host-socket /tmp/hv/host.sock")]
+    Hybrid(hybrid::HybridArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -157,6 +173,7 @@ fn main() -> ExitCode {
         Command::Listen(args) => listen::run(&args),
         Command::Connect(args) => connect::run(&args),
         Command::Bridge(args) => bridge::run(&args),
+        Command::Hybrid(args) => hybrid::run(&args),
     };
     match result {
         Ok(code) => code,
