@@ -218,62 +218,32 @@ impl ChannelIo {
     }
 
     fn try_read_to_fd(&self, fd: BorrowedFd<'_>, max: usize) -> io::Result<Option<usize>> {
-        let mut rx = lock(&self.rx);
-        if rx.shut {
-            return Ok(Some(0));
-        }
-        let gone = self.gone();
-        loop {
-            if let Some(span) = rx.reader.data_span().map_err(|c| self.reset(c))? {
-                let mut moved = 0usize;
-                for (offset, len) in [Some(span.first), span.second].into_iter().flatten() {
-                    let len = (len as usize).min(max - moved);
-                    if len == 0 {
-                        break;
-                    }
-                    let result =
-                        self.mapping
-                            .write_to_fd(self.rx_data_offset + offset as usize, len, fd);
-                    match result {
-                        Ok(n) => {
-                            moved += n;
-                            if n < len {
-                                break;
-                            }
+        self.try_receive(|this, reader| {
+            let Some(span) = reader.data_span().map_err(|c| this.reset(c))? else {
+                return Ok(0);
+            };
+            let mut moved = 0usize;
+            for (offset, len) in [Some(span.first), span.second].into_iter().flatten() {
+                let len = (len as usize).min(max - moved);
+                if len == 0 {
+                    break;
+                }
+                let at = this.rx_data_offset + offset as usize;
+                match this.mapping.write_to_fd(at, len, fd) {
+                    Ok(n) => {
+                        moved += n;
+                        if n < len {
+                            break;
                         }
-                        // Bytes already moved count; the error shows next time.
-                        Err(_) if moved > 0 => break,
-                        Err(e) => return Err(e),
                     }
+                    // Bytes already moved count; the error shows next time.
+                    Err(_) if moved > 0 => break,
+                    Err(e) => return Err(e),
                 }
-                rx.reader.consume_data(moved as u32);
-                if rx.reader.commit().map_err(|c| self.reset(c))? {
-                    self.signal_peer()?;
-                }
-                return Ok(Some(moved));
             }
-            if rx.reader.commit().map_err(|c| self.reset(c))? {
-                self.signal_peer()?;
-            }
-            if rx.reader.fin_received() {
-                return Ok(Some(0));
-            }
-            if let Some(Gone::Closed(reason)) = &gone {
-                return Err(err(
-                    io::ErrorKind::ConnectionReset,
-                    format!("connection reset: {reason} before the peer finished sending"),
-                ));
-            }
-            if rx
-                .reader
-                .ring_mut()
-                .available()
-                .map_err(|c| self.reset(c))?
-                == 0
-            {
-                return Ok(None);
-            }
-        }
+            reader.consume_data(moved as u32);
+            Ok(moved)
+        })
     }
 
     /// Writes some of `buf`; returns how much.
@@ -320,6 +290,23 @@ impl ChannelIo {
     }
 
     fn try_read(&self, buf: &mut [u8], peek: bool) -> io::Result<Option<usize>> {
+        self.try_receive(|this, reader| {
+            if peek {
+                reader.peek(buf)
+            } else {
+                reader.read(buf)
+            }
+            .map_err(|c| this.reset(c))
+        })
+    }
+
+    /// One receiving attempt: `take` moves bytes out of the ring; then the
+    /// read index is published (signalling the writer if it waits for
+    /// space). `Some(0)` is the end of the stream, `None` "nothing yet".
+    fn try_receive(
+        &self,
+        mut take: impl FnMut(&Self, &mut PipeReader<Mem>) -> io::Result<usize>,
+    ) -> io::Result<Option<usize>> {
         let mut rx = lock(&self.rx);
         if rx.shut {
             return Ok(Some(0));
@@ -328,12 +315,7 @@ impl ChannelIo {
         // will ever have written is in the ring already.
         let gone = self.gone();
         loop {
-            let n = if peek {
-                rx.reader.peek(buf)
-            } else {
-                rx.reader.read(buf)
-            }
-            .map_err(|c| self.reset(c))?;
+            let n = take(self, &mut rx.reader)?;
             if rx.reader.commit().map_err(|c| self.reset(c))? {
                 self.signal_peer()?;
             }
@@ -351,13 +333,12 @@ impl ChannelIo {
             }
             // The re-check before sleeping: `available` fences after our
             // read_index store, pairing with the writer's fence.
-            if rx
+            let available = rx
                 .reader
                 .ring_mut()
                 .available()
-                .map_err(|c| self.reset(c))?
-                == 0
-            {
+                .map_err(|c| self.reset(c))?;
+            if available == 0 {
                 return Ok(None);
             }
         }
