@@ -65,6 +65,11 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     peers_c: Option<PathBuf>,
 
+    /// Throughput write sizes to measure instead of 64, 4K, 64K and 1M
+    /// (repeatable; suffixes K, M).
+    #[arg(long = "write-size", value_name = "SIZE", value_parser = crate::demo::parse_size)]
+    write_sizes: Vec<u64>,
+
     /// Skip the C ring comparison.
     #[arg(long)]
     no_c_ring: bool,
@@ -298,6 +303,9 @@ struct Sizes {
     conn_counts: Vec<usize>,
     conn_bytes: u64,
     runs: usize,
+    /// A transfer stops after this long (a busy-poll run on a loaded machine
+    /// can crawl).
+    cap: Duration,
 }
 
 impl Sizes {
@@ -312,6 +320,7 @@ impl Sizes {
                 conn_counts: vec![1, 64, 1024],
                 conn_bytes: 16 << 20,
                 runs: runs.unwrap_or(1).max(1),
+                cap: Duration::from_secs(2),
             }
         } else {
             Sizes {
@@ -323,6 +332,7 @@ impl Sizes {
                 conn_counts: vec![1, 64, 1024, 10_000],
                 conn_bytes: 640 << 20,
                 runs: runs.unwrap_or(3).max(1),
+                cap: Duration::from_secs(10),
             }
         }
     }
@@ -348,7 +358,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let nofile = sys::raise_fd_limit();
     let mut machine = sys::Machine::describe(nofile);
-    let sizes = Sizes::new(args.quick, args.runs);
+    let mut sizes = Sizes::new(args.quick, args.runs);
+    if !args.write_sizes.is_empty() {
+        sizes.write_sizes = args
+            .write_sizes
+            .iter()
+            .map(|&n| n.max(1) as usize)
+            .collect();
+    }
     let mut env = Env::start(args)?;
     let cases: Vec<Case> = match args.only {
         Some(case) => vec![case],
@@ -415,6 +432,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 "setup_connections": sizes.setup_count,
                 "connections_bytes": sizes.conn_bytes,
                 "busy_poll_spin_us": transport::SPIN.as_micros() as u64,
+                "transfer_cap_s": sizes.cap.as_secs(),
             },
             "results": results,
         });
@@ -603,10 +621,11 @@ struct Env {
     dir: PathBuf,
     socket: PathBuf,
     daemon: Option<Child>,
-    host: Host,
+    /// Dropped before the daemon stops (else it warns that the host went away).
+    host: Option<Host>,
     vm_id: Guid,
     embedded: Arc<EmbeddedHost>,
-    embedded_host: Host,
+    embedded_host: Option<Host>,
     exe: PathBuf,
     next_port: u32,
     c_ring: Option<PathBuf>,
@@ -614,6 +633,8 @@ struct Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
+        self.host = None;
+        self.embedded_host = None;
         if let Some(mut daemon) = self.daemon.take() {
             // SIGTERM would let it remove its sockets; the directory goes
             // below anyway, so a kill of our own child is enough.
@@ -675,10 +696,10 @@ impl Env {
             dir,
             socket,
             daemon: Some(daemon),
-            host,
+            host: Some(host),
             vm_id,
             embedded,
-            embedded_host,
+            embedded_host: Some(embedded_host),
             exe,
             next_port: 20_000,
             c_ring,
@@ -714,11 +735,15 @@ impl Env {
                 (l, Reach::Tcp { port })
             }
             T::Daemon => (
-                Listener::hv(&self.host, port, backlog)?,
+                Listener::hv(self.host.as_ref().context("no host")?, port, backlog)?,
                 self.reach(t, port, pages),
             ),
             T::Embedded => (
-                Listener::hv(&self.embedded_host, port, backlog)?,
+                Listener::hv(
+                    self.embedded_host.as_ref().context("no host")?,
+                    port,
+                    backlog,
+                )?,
                 self.reach(t, port, pages),
             ),
         };
@@ -817,7 +842,7 @@ impl Env {
                 pages,
                 ws,
                 busy,
-            } => self.throughput(t, dir, pages, ws, busy, sizes.total_for(ws)),
+            } => self.throughput(t, dir, pages, ws, busy, sizes),
             Plan::CRing { dir, pages, ws } => self.c_ring(dir, pages, ws, sizes.total_for(ws)),
             Plan::Rtt {
                 t,
@@ -837,8 +862,9 @@ impl Env {
         pages: Option<u32>,
         ws: usize,
         busy: bool,
-        total: u64,
+        sizes: &Sizes,
     ) -> anyhow::Result<Sample> {
+        let (total, cap) = (sizes.total_for(ws), sizes.cap);
         let (listener, reach) = self.listen(t, pages, 16)?;
         // The guest is the peer: it writes guest to host; the sockets'
         // client writes too.
@@ -848,6 +874,7 @@ impl Env {
                 peer_writes,
                 write_size: ws,
                 total,
+                cap_s: cap.as_secs_f64(),
             },
             reach,
             busy,
@@ -855,18 +882,18 @@ impl Env {
         let mut peer = self.spawn(&job)?;
         let mut c = Conn::new(self.accept(&listener, &mut peer)?, busy)?;
         let cpu0 = sys::cpu_seconds();
-        let secs;
+        let (secs, moved);
         if peer_writes {
             let start = Instant::now();
             c.write_all(&[1])?;
-            peer::read_stream(&mut c, ws, total)?;
+            moved = peer::read_stream(&mut c, ws)?;
             secs = start.elapsed().as_secs_f64();
             c.write_all(&[2])?;
         } else {
             let mut go = [0u8; 1];
             c.read_exact(&mut go)?;
             let start = Instant::now();
-            peer::write_stream(&mut c, ws, total)?;
+            moved = peer::write_stream(&mut c, ws, total, cap)?;
             c.read_exact(&mut go)?;
             secs = start.elapsed().as_secs_f64();
         }
@@ -874,11 +901,20 @@ impl Env {
         let done = peer.next()?;
         drop(c);
         peer.finish()?;
-        let gib = total as f64 / (1u64 << 30) as f64;
+        let gib = moved as f64 / (1u64 << 30) as f64;
         let mut s = Sample {
-            value: total as f64 / secs / 1e9,
+            value: moved as f64 / secs / 1e9,
             ..Sample::default()
         };
+        s.extras.insert("bytes", moved as f64);
+        if moved < total {
+            s.note = Some(format!(
+                "stopped after {:.0} s with {} MiB of {} MiB moved",
+                secs,
+                moved >> 20,
+                total >> 20
+            ));
+        }
         if t == T::Embedded {
             // Both ends and the host are threads of this process.
             s.extras.insert("cpu_s_per_gib", cpu_here / gib);
@@ -1024,8 +1060,12 @@ impl Env {
             let start = Instant::now();
             let mut byte = [0u8; 1];
             for i in 0..count {
-                let s = HvStream::connect_timeout(&self.host, addr, Duration::from_secs(10))
-                    .with_context(|| format!("connection {}", i + 1))?;
+                let s = HvStream::connect_timeout(
+                    self.host.as_ref().context("no host")?,
+                    addr,
+                    Duration::from_secs(10),
+                )
+                .with_context(|| format!("connection {}", i + 1))?;
                 let mut c = Conn::new(Stream::Hv(s), false)?;
                 c.write_all(&[7])?;
                 c.read_exact(&mut byte)?;
@@ -1102,6 +1142,9 @@ impl Env {
         let mut conns = Vec::with_capacity(n);
         let mut report: Option<Value> = None;
         let started = Instant::now();
+        // A failure while connecting ends the case, but what was reached
+        // (connections, descriptors, memory) is still reported.
+        let mut failure: Option<String> = None;
         loop {
             if let Some(k) = report
                 .as_ref()
@@ -1112,22 +1155,30 @@ impl Env {
                     break;
                 }
             }
-            match listener.accept_within(Duration::from_millis(if report.is_some() {
-                100
-            } else {
-                1
-            }))? {
-                Some(s) => conns.push(Conn::new(s, false)?),
-                None => {
-                    if report.is_none() {
-                        report = peer.next_within(Duration::ZERO)?;
-                    } else if started.elapsed() > Duration::from_secs(600) {
-                        bail!("{} connections reported, {} accepted", n, conns.len());
-                    }
+            let wait = Duration::from_millis(if report.is_some() { 100 } else { 1 });
+            match listener.accept_within(wait) {
+                Ok(Some(s)) => conns.push(Conn::new(s, false)?),
+                Ok(None) if report.is_some() && started.elapsed() > Duration::from_secs(600) => {
+                    failure = Some(format!(
+                        "the peer connected {n} times, {} accepted",
+                        conns.len()
+                    ));
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    failure = Some(format!("accepting connection {}: {e}", conns.len() + 1));
+                    break;
                 }
             }
-            if report.is_none() && conns.len() % 64 == 0 {
-                report = peer.next_within(Duration::ZERO)?;
+            if report.is_none() && (conns.len() % 64 == 0 || started.elapsed().as_secs() > 0) {
+                match peer.next_within(Duration::ZERO) {
+                    Ok(r) => report = r,
+                    Err(e) => {
+                        failure = Some(format!("{e:#}"));
+                        break;
+                    }
+                }
             }
         }
         let report = report.unwrap_or_default();
@@ -1153,6 +1204,11 @@ impl Env {
                 "ring_kib_per_conn",
                 (2 * pages as usize * 4096 / 1024) as f64,
             );
+        }
+        if let Some(failure) = failure {
+            s.value = f64::NAN;
+            s.note = Some(format!("stopped at {reached} connections: {failure}"));
+            return Ok(s);
         }
         // Move the data: round robin, `CHUNK` at a time, every connection.
         peer.send("go")?;

@@ -7,7 +7,7 @@
 
 use std::io::{BufRead, Read, Write};
 use std::sync::mpsc::{Receiver, Sender};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use hvsock::Guest;
@@ -31,6 +31,9 @@ pub enum Work {
         write_size: usize,
         /// Bytes in all.
         total: u64,
+        /// The writer stops early after this many seconds (then the figure
+        /// is from the bytes that moved).
+        cap_s: f64,
     },
     /// The peer echoes `rounds` messages of `size` bytes.
     Rtt {
@@ -155,17 +158,18 @@ fn work(job: &Job, ctl: &mut dyn Ctl, embedded: Option<&EmbeddedHost>) -> anyhow
             peer_writes,
             write_size,
             total,
+            cap_s,
         } => {
             let mut c = Conn::new(side.connect().context("connecting")?, job.busy)?;
             let cpu = sys::cpu_seconds();
             if peer_writes {
                 let mut go = [0u8; 1];
                 c.read_exact(&mut go)?;
-                write_stream(&mut c, write_size, total)?;
+                write_stream(&mut c, write_size, total, Duration::from_secs_f64(cap_s))?;
                 c.read_exact(&mut go)?;
             } else {
                 c.write_all(&[1])?;
-                read_stream(&mut c, write_size, total)?;
+                read_stream(&mut c, write_size)?;
                 c.write_all(&[2])?;
             }
             ctl.send(json!({ "done": true, "cpu_s": sys::cpu_seconds() - cpu }));
@@ -265,29 +269,41 @@ pub fn serve_one(mut c: Conn) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes `total` bytes in `write_size` writes.
-pub fn write_stream(c: &mut Conn, write_size: usize, total: u64) -> std::io::Result<()> {
+/// Writes `total` bytes in `write_size` writes, or fewer if `cap` passes
+/// first, then the end of the stream; returns the bytes written.
+pub fn write_stream(
+    c: &mut Conn,
+    write_size: usize,
+    total: u64,
+    cap: Duration,
+) -> std::io::Result<u64> {
     let data = vec![0x5au8; write_size];
+    let start = Instant::now();
     let mut sent = 0u64;
+    let mut writes = 0u32;
     while sent < total {
         let n = (total - sent).min(write_size as u64) as usize;
         c.write_all(&data[..n])?;
         sent += n as u64;
+        writes = writes.wrapping_add(1);
+        if writes % 64 == 0 && start.elapsed() > cap {
+            break;
+        }
     }
-    Ok(())
+    c.shutdown_write()?;
+    Ok(sent)
 }
 
-/// Reads `total` bytes, with reads of at least 64 KiB (as `peers tput`).
-pub fn read_stream(c: &mut Conn, write_size: usize, total: u64) -> std::io::Result<()> {
+/// Reads to the end of the stream, with reads of at least 64 KiB (as
+/// `peers tput`); returns the bytes read.
+pub fn read_stream(c: &mut Conn, write_size: usize) -> std::io::Result<u64> {
     let mut buf = vec![0u8; write_size.max(64 << 10)];
     let mut got = 0u64;
-    while got < total {
-        let want = (total - got).min(buf.len() as u64) as usize;
-        let n = c.read(&mut buf[..want])?;
+    loop {
+        let n = c.read(&mut buf)?;
         if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
+            return Ok(got);
         }
         got += n as u64;
     }
-    Ok(())
 }

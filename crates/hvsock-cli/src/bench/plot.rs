@@ -66,42 +66,59 @@ pub fn draw(path: &Path, title: &str, panels: &[(String, Vec<Series>)]) -> anyho
         RGBColor(0x7f, 0x7f, 0x7f),
     ];
     for ((name, series), area) in panels.iter().zip(areas.iter()) {
-        let (xmin, xmax) = series
+        // x is log2 of the write size, so that the measured sizes are
+        // evenly spread and each gets its own label.
+        let mut sizes: Vec<f64> = series
             .iter()
-            .flat_map(|(_, pts)| pts.iter().map(|p| p.0))
-            .fold((f64::MAX, 0f64), |(lo, hi), x| (lo.min(x), hi.max(x)));
+            .flat_map(|(_, pts)| pts.iter().map(|p| p.0.log2()))
+            .collect();
+        sizes.sort_by(f64::total_cmp);
+        sizes.dedup();
         let ymax = series
             .iter()
             .flat_map(|(_, pts)| pts.iter().map(|p| p.1))
+            .filter(|y| y.is_finite())
             .fold(0f64, f64::max);
-        if xmax <= 0.0 {
+        let (Some(&xmin), Some(&xmax)) = (sizes.first(), sizes.last()) else {
             continue;
-        }
+        };
         let mut chart = ChartBuilder::on(area)
             .caption(name, ("sans-serif", 18))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(56)
-            .build_cartesian_2d(
-                ((xmin / 1.5)..(xmax * 1.5)).log_scale(),
-                0f64..(ymax * 1.15).max(0.01),
-            )?;
+            .build_cartesian_2d((xmin - 1.0)..(xmax + 1.0), 0f64..(ymax * 1.15).max(0.01))?;
+        let ticks = ((xmax - xmin + 2.0) * 2.0) as usize + 1;
         chart
             .configure_mesh()
-            .x_desc("write size")
+            .x_desc("write size (log scale)")
             .y_desc("GB/s")
-            .x_label_formatter(&|x| size_label(*x))
+            .x_labels(ticks)
+            .x_label_formatter(&|x| {
+                if sizes.iter().any(|s| (s - x).abs() < 0.01) {
+                    size_label(x.exp2())
+                } else {
+                    String::new()
+                }
+            })
+            .disable_x_mesh()
             .label_style(("sans-serif", 13))
             .draw()?;
         for (i, (label, pts)) in series.iter().enumerate() {
             let color = palette[i % palette.len()];
             chart
-                .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?
+                .draw_series(LineSeries::new(
+                    pts.iter().map(|&(x, y)| (x.log2(), y)),
+                    color.stroke_width(2),
+                ))?
                 .label(label.clone())
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
                 });
-            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+            chart.draw_series(
+                pts.iter()
+                    .map(|&(x, y)| Circle::new((x.log2(), y), 3, color.filled())),
+            )?;
         }
         chart
             .configure_series_labels()

@@ -3,7 +3,7 @@
 //! blocking and busy-poll modes, and how each end reaches the other.
 
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -88,6 +88,15 @@ impl Stream {
         }
     }
 
+    fn shutdown_write(&self) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.shutdown(Shutdown::Write),
+            Stream::Tcp(s) => s.shutdown(Shutdown::Write),
+            Stream::Hv(s) => s.shutdown(Shutdown::Write),
+            Stream::Vsock(s) => s.shutdown(Shutdown::Write),
+        }
+    }
+
     fn io_write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Unix(s) => s.write(buf),
@@ -125,6 +134,13 @@ impl Conn {
             Stream::Vsock(s) => s.set_busy_poll(busy.then_some(SPIN)),
         }
         Ok(Conn { stream, spin })
+    }
+}
+
+impl Conn {
+    /// Sends the end of the stream (FIN for hvsock).
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        self.stream.shutdown_write()
     }
 }
 
