@@ -70,6 +70,15 @@ pub struct BenchArgs {
     #[arg(long = "write-size", value_name = "SIZE", value_parser = crate::demo::parse_size)]
     write_sizes: Vec<u64>,
 
+    /// Measure only these transports (repeatable: hvsock, uds, tcp, c-ring);
+    /// the ratios need uds.
+    #[arg(long = "transport", value_name = "NAME")]
+    transports: Vec<String>,
+
+    /// Also write the JSON document to this file (with the table on stdout).
+    #[arg(long, value_name = "FILE")]
+    save: Option<PathBuf>,
+
     /// Skip the C ring comparison.
     #[arg(long)]
     no_c_ring: bool,
@@ -373,7 +382,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let mut plans: Vec<(Vec<Plan>, usize)> = Vec::new();
     for case in &cases {
-        let list = plan(*case, &sizes, env.c_ring.is_some());
+        let mut list = plan(*case, &sizes, env.c_ring.is_some());
+        if !args.transports.is_empty() {
+            list.retain(|p| args.transports.iter().any(|t| t == p.key().transport));
+        }
         // Memory and descriptors do not need repeating, and 10,000
         // connections take long: the connections case runs once.
         let rounds = if *case == Case::Connections {
@@ -420,8 +432,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.plot {
         draw_plot(path, &results, &machine)?;
     }
-    if args.json {
-        let doc = json!({
+    let doc = json!({
             "machine": machine,
             "config": {
                 "quick": args.quick,
@@ -435,7 +446,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 "transfer_cap_s": sizes.cap.as_secs(),
             },
             "results": results,
-        });
+    });
+    if let Some(path) = &args.save {
+        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if args.json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print_table(&results, &machine, &sizes);
