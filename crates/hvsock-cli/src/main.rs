@@ -17,6 +17,7 @@ mod listen;
 mod progress;
 mod relay;
 mod ring_dump;
+mod run;
 mod stat;
 mod vm;
 
@@ -139,6 +140,19 @@ Examples:
   socat UNIX-LISTEN:/tmp/alpha.vsock_7000,fork EXEC:cat &   # guest connects to host port 7000
   hvsock hybrid --vm alpha --socket /run/alpha.vsock --host-socket /tmp/hv/host.sock")]
     Hybrid(hybrid::HybridArgs),
+    /// Run an unmodified AF_VSOCK program over hvsock (LD_PRELOAD shim;
+    /// a seccomp filter keeps it off any real vsock device).
+    #[command(after_help = "\
+With --vm NAME the program is a guest of VM NAME: the host is CID 2. Without
+it the program is on the host and reaches a VM by its CID (hvsock vm list).
+The shim is libhvsock_preload.so next to the hvsock executable, or
+$HVSOCK_PRELOAD.
+
+Examples:
+  hvsock run --vm alpha -- socat - VSOCK-CONNECT:2:5000
+  hvsock run -- socat VSOCK-LISTEN:5000,fork EXEC:cat
+  hvsock run --vm alpha -- python3 server.py")]
+    Run(run::RunArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -174,6 +188,7 @@ fn main() -> ExitCode {
         Command::Connect(args) => connect::run(&args),
         Command::Bridge(args) => bridge::run(&args),
         Command::Hybrid(args) => hybrid::run(&args),
+        Command::Run(args) => run::run(&args),
     };
     match result {
         Ok(code) => code,
