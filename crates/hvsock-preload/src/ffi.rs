@@ -267,8 +267,9 @@ pub unsafe extern "C" fn getsockopt(
             if have < 0 {
                 return ret(Err(libc::EINVAL));
             }
-            // 64-bit options need the whole value, as the kernel insists.
-            if v.len() == 8 && (have as usize) < 8 {
+            // AF_VSOCK options need room for the whole value, as the kernel
+            // insists (socket-level ints are truncated instead).
+            if level == AF_VSOCK && (have as usize) < v.len() {
                 return ret(Err(libc::EINVAL));
             }
             let n = (have as usize).min(v.len());
