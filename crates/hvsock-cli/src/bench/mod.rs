@@ -1356,6 +1356,18 @@ fn summarize(rows: &[(Key, Vec<Sample>)]) -> Vec<Value> {
         });
         let ratio = uds.map(|u| med[i] / med[u]).unwrap_or(f64::NAN);
         o.insert("ratio_uds".into(), round4(ratio));
+        if k.mode == "busy-poll" && k.transport != "uds" {
+            // Against the ordinary (blocking) Unix socket, as the targets
+            // compare busy-poll latency.
+            if let Some(u) = find(&|u: &Key| {
+                u.transport == "uds"
+                    && u.case == k.case
+                    && u.mode == "blocking"
+                    && u.write_size == k.write_size
+            }) {
+                o.insert("ratio_uds_blocking".into(), round4(med[i] / med[u]));
+            }
+        }
         if k.transport == "hvsock" && k.mode == "busy-poll" && k.case == "throughput" {
             if let Some(c) = find(&|c: &Key| {
                 c.transport == "c-ring"
@@ -1438,7 +1450,7 @@ fn print_table(results: &[Value], machine: &sys::Machine, sizes: &Sizes) {
         println!();
         let extra_head = match case {
             "throughput" => "| cpu s/GiB (writer+reader) | x C ring |",
-            "rtt" => "| p99 us | p99.9 us | cpu us/rtt |",
+            "rtt" => "| p99 us | p99.9 us | cpu us/rtt | x UDS blocking |",
             "setup" => "| cpu us/conn (bench, peer, daemon) |",
             _ => "| reached | fds/conn (bench, peer, daemon) | RSS KiB/conn (bench, peer, daemon) | ring KiB/conn |",
         };
@@ -1465,10 +1477,11 @@ fn print_table(results: &[Value], machine: &sys::Machine, sizes: &Sizes) {
                     fmt(num(r.get("ratio_c_ring")))
                 ),
                 "rtt" => format!(
-                    "| {} | {} | {} |",
+                    "| {} | {} | {} | {} |",
                     fmt(num(r.get("p99"))),
                     fmt(num(r.get("p999"))),
-                    fmt(num(r.get("cpu_us_per_rtt")))
+                    fmt(num(r.get("cpu_us_per_rtt"))),
+                    fmt(num(r.get("ratio_uds_blocking")))
                 ),
                 "setup" => format!(
                     "| {}, {}, {} |",
