@@ -148,6 +148,7 @@ scenarios!(
     try_clone_shares_the_stream_and_closes_with_the_last_handle,
     the_host_going_away_resets_streams_and_fails_new_operations,
     tokio_streams_in_both_roles,
+    tokio_refusals_half_close_and_big_transfers,
 );
 
 fn host_listen(w: &World, port: u32) -> HvListener {
@@ -641,4 +642,85 @@ fn a_host_close_releases_the_channel_at_once() {
         assert!(Instant::now() < deadline, "the channel was not released");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+fn tokio_refusals_half_close_and_big_transfers(w: World) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Connecting to nothing is refused at once, in both roles.
+        let e = hvsock::tokio::VsockStream::connect(&w.guest, VsockAddr::new(2, 9100))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+        let e = hvsock::tokio::HvStream::connect(&w.root, HvAddr::from_vsock_port(w.vm, 9100))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ConnectionRefused, "{e}");
+
+        // Half-close and a big transfer at random write and read sizes, host
+        // to guest; the guest answers after reading to the end.
+        let listener = hvsock::tokio::VsockListener::bind(&w.guest, VsockAddr::new(u32::MAX, 9101))
+            .await
+            .unwrap();
+        let data = pattern(6 << 20, 11);
+        let expected = data.clone();
+        let vm = w.vm;
+        let root = w.root.clone();
+        let client = tokio::spawn(async move {
+            let s = hvsock::tokio::HvStream::connect(&root, HvAddr::from_vsock_port(vm, 9101))
+                .await
+                .unwrap();
+            let (mut r, mut wr) = s.into_split();
+            let mut rng = 5u64;
+            let mut at = 0;
+            while at < data.len() {
+                let n = (1 + next(&mut rng) as usize % 300_000).min(data.len() - at);
+                wr.write_all(&data[at..at + n]).await.unwrap();
+                at += n;
+            }
+            wr.shutdown().await.unwrap();
+            let mut reply = Vec::new();
+            r.read_to_end(&mut reply).await.unwrap();
+            reply
+        });
+        let (mut g, _) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        let mut rng = 6u64;
+        loop {
+            let mut buf = vec![0u8; 1 + next(&mut rng) as usize % 100_000];
+            let n = g.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got == expected, "the stream arrived damaged");
+        // Our direction is still open after the peer's FIN.
+        g.write_all(b"done").await.unwrap();
+        g.shutdown().await.unwrap();
+        drop(g);
+        assert_eq!(client.await.unwrap(), b"done");
+
+        // A read that never completes is cancelled by a timeout, and the
+        // stream still works afterwards.
+        let listener =
+            hvsock::tokio::HvListener::bind(&w.root, HvAddr::from_vsock_port(Guid::ZERO, 9102))
+                .await
+                .unwrap();
+        let mut g = hvsock::tokio::VsockStream::connect(&w.guest, VsockAddr::new(2, 9102))
+            .await
+            .unwrap();
+        let (mut h, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4];
+        let timed_out = tokio::time::timeout(Duration::from_millis(50), h.read(&mut buf)).await;
+        assert!(timed_out.is_err(), "nothing was sent");
+        g.write_all(b"late").await.unwrap();
+        h.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"late");
+    });
 }
