@@ -118,3 +118,46 @@ fn errors_are_linux_errors_and_reported_at_once() {
     let e = socat_fails(&d, Some("alpha"), "VSOCK-LISTEN:7001");
     assert!(e.contains("Address already in use"), "{e}");
 }
+
+/// `socat -t 0 -u` exits as soon as it has written the last byte: the shim
+/// must forward what is still in the socketpair (and send the FIN) before
+/// the process, and its relay thread, are gone.
+#[test]
+fn a_writer_that_exits_at_once_loses_nothing() {
+    require("socat");
+    require("sha256sum");
+    let d = Daemon::start();
+    let data = d.dir.path().join("data");
+    write_data(&data, 100 * MIB, 13);
+    let out = d.dir.path().join("out");
+    let create = format!("CREATE:{}", out.display());
+    let server = d.spawn(
+        Some("alpha"),
+        "socat",
+        &["-u", "VSOCK-LISTEN:9000", &create],
+    );
+    d.wait_listening(9000);
+    let cid = d.cid("alpha");
+    let target = format!("VSOCK-CONNECT:{cid}:9000");
+    let client = run_support::Guard(
+        d.run(None, "socat", &["-t", "0", "-u", "-", &target])
+            .stdin(std::fs::File::open(&data).unwrap())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
+    .wait_output(LIMIT);
+    assert!(
+        client.status.success(),
+        "{}",
+        String::from_utf8_lossy(&client.stderr)
+    );
+    let server = server.wait_output(LIMIT);
+    assert!(
+        server.status.success(),
+        "{}",
+        String::from_utf8_lossy(&server.stderr)
+    );
+    assert_eq!(sha256(&out), sha256(&data));
+}

@@ -580,9 +580,15 @@ unsafe extern "C" fn fork_release() {
     crate::runtime::fork_release();
 }
 
-/// Runs when the library is loaded: registers the fork handlers.
+extern "C" fn at_exit() {
+    let _inside = Inside::enter();
+    crate::runtime::flush_at_exit();
+}
+
+/// Runs when the library is loaded: registers the fork and exit handlers.
 extern "C" fn init() {
     next::register_atfork(fork_prepare, fork_release, fork_release);
+    next::register_atexit(at_exit);
 }
 
 #[used]

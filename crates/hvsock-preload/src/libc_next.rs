@@ -217,3 +217,10 @@ pub(crate) fn register_atfork(
     // while it is preloaded).
     unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
 }
+
+/// Registers a handler to run at `exit`.
+pub(crate) fn register_atexit(handler: extern "C" fn()) {
+    // SAFETY: the handler is an `extern "C"` function of this library,
+    // which stays loaded until the process ends.
+    unsafe { libc::atexit(handler) };
+}

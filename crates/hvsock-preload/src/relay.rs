@@ -58,6 +58,9 @@ enum Command {
         port: u32,
         rt: Arc<Runtime>,
     },
+    /// The process is exiting: forward what the program has written, send
+    /// the FINs, then answer.
+    Flush(std::sync::mpsc::Sender<()>),
 }
 
 #[derive(Debug)]
@@ -100,6 +103,7 @@ impl Relay {
             epoll,
             entries: std::collections::HashMap::new(),
             next_id: 0,
+            flushing: None,
         };
         std::thread::Builder::new()
             .name("hvsock-relay".into())
@@ -122,6 +126,16 @@ impl Relay {
     /// Relays between `pair` (the shim's end) and `stream`.
     pub(crate) fn add_conn(&self, pair: OwnedFd, stream: AnyStream, sock: Weak<Sock>) {
         self.send(Command::Conn { pair, stream, sock });
+    }
+
+    /// At exit: waits (up to `limit`) until the bytes the program wrote
+    /// have gone into the streams and the FINs are sent; the process's
+    /// exit would otherwise end the relay thread with data still in the
+    /// socketpairs.
+    pub(crate) fn flush(&self, limit: std::time::Duration) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.send(Command::Flush(tx));
+        let _ = rx.recv_timeout(limit);
     }
 
     /// Serves `listener`, delivering connections on `pair`.
@@ -230,6 +244,9 @@ struct Conn {
     /// The peer will send no more (FIN, or gone).
     peer_eof: bool,
     to_app_done: bool,
+    /// The process is exiting: no more bytes will come from the program
+    /// once the pair is empty.
+    exiting: bool,
 }
 
 impl Conn {
@@ -244,6 +261,7 @@ impl Conn {
             to_peer_done: false,
             peer_eof: false,
             to_app_done: false,
+            exiting: false,
         }
     }
 
@@ -281,6 +299,10 @@ impl Conn {
                 }
                 Ok((_, n)) => {
                     self.to_peer.end = n;
+                    moved = true;
+                }
+                Err(Errno::AGAIN) if self.exiting => {
+                    self.app_eof = true;
                     moved = true;
                 }
                 Err(Errno::AGAIN) | Err(Errno::INTR) => {}
@@ -383,6 +405,8 @@ struct RelayThread {
     epoll: OwnedFd,
     entries: std::collections::HashMap<u64, Entry>,
     next_id: u64,
+    /// Who waits for the exit flush to finish.
+    flushing: Option<std::sync::mpsc::Sender<()>>,
 }
 
 impl RelayThread {
@@ -390,6 +414,11 @@ impl RelayThread {
         let mut events: Vec<epoll::Event> = Vec::with_capacity(256);
         loop {
             events.clear();
+            if self.flushing.is_some() && self.flushed() {
+                if let Some(done) = self.flushing.take() {
+                    let _ = done.send(());
+                }
+            }
             match epoll::wait(
                 &self.epoll,
                 rustix::buffer::spare_capacity(&mut events),
@@ -423,6 +452,16 @@ impl RelayThread {
             let id = self.next_id;
             self.next_id += 1;
             match command {
+                Command::Flush(done) => {
+                    self.flushing = Some(done);
+                    let ids: Vec<u64> = self.entries.keys().copied().collect();
+                    for id in ids {
+                        if let Some(Entry::Conn(conn)) = self.entries.get_mut(&id) {
+                            conn.exiting = true;
+                        }
+                        self.handle(id, epoll::EventFlags::IN);
+                    }
+                }
                 Command::Conn { pair, stream, sock } => {
                     if stream.set_nonblocking().is_err() {
                         let _ = net::shutdown(&pair, net::Shutdown::Both);
@@ -463,6 +502,14 @@ impl RelayThread {
                 }
             }
         }
+    }
+
+    /// Every connection has sent all the program wrote, and its FIN.
+    fn flushed(&self) -> bool {
+        self.entries.values().all(|e| match e {
+            Entry::Conn(conn) => conn.to_peer_done,
+            Entry::Listener(_) => true,
+        })
     }
 
     fn add_conn(&mut self, id: u64, conn: Conn) {

@@ -297,6 +297,20 @@ pub(crate) fn ring_pages_for(buffer: u64) -> u32 {
     ) as u32
 }
 
+/// At exit: lets the relay forward what the program wrote before the
+/// process (and with it the relay thread) ends.
+pub(crate) fn flush_at_exit() {
+    let pid = std::process::id();
+    let rt = RUNTIME.with(|slot| slot.as_ref().filter(|rt| rt.pid == pid).cloned());
+    if let Some(rt) = rt {
+        rt.relay.flush(EXIT_FLUSH_LIMIT);
+    }
+}
+
+/// How long the exit may wait for the relay (a peer that stopped reading
+/// cannot hold the program forever).
+const EXIT_FLUSH_LIMIT: Duration = Duration::from_secs(10);
+
 /// Fork handlers: the runtime slot is held across `fork`.
 pub(crate) fn fork_prepare() {
     RUNTIME.acquire();
