@@ -323,6 +323,9 @@ impl Endpoint {
         let (mut state, result) = state?;
         state.guest.listen_results.remove(&port);
         result.map_err(|reason| err(io::ErrorKind::AddrInUse, reason))?;
+        // The host may have gone between its answer and now: a listener
+        // added after `die` would never be closed, and accept would hang.
+        shared.check_alive(&state)?;
         let listener = ListenerShared::new(backlog)?;
         let pages = shared.ring_pages(&state, pages);
         state
@@ -429,6 +432,8 @@ impl Endpoint {
             };
             err(kind, reason)
         })?;
+        // As in guest_listen: the host may have gone since it answered.
+        shared.check_alive(&state)?;
         let listener = ListenerShared::new(backlog)?;
         state.host.listeners.insert(key, listener.clone());
         Ok(listener)
