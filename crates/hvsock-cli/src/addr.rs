@@ -22,6 +22,9 @@ use crate::errors::usage;
 /// The accepted forms of a guest's SERVICE, for usage errors.
 const GUEST_LISTEN_FORMS: &str =
     "in a guest (--vm NAME), SERVICE is a vsock port: decimal like 5000 or hex like 0x1388";
+/// The accepted forms of a guest's ADDR, for usage errors.
+const GUEST_CONNECT_FORMS: &str =
+    "in a guest (--vm NAME), ADDR is a host port: PORT or CID:PORT, e.g. 5000, 0x1388 or 2:5000";
 /// What else a host's ADDR could have meant.
 const HOST_CONNECT_HINT: &str = "or add --vm NAME to connect from inside VM NAME to a host port";
 
@@ -128,7 +131,7 @@ pub fn parse_connect(text: &str, guest: bool) -> anyhow::Result<ConnectSpec> {
     if guest {
         let addr: VsockAddr = text
             .parse()
-            .map_err(|e: hvsock::addr::ParseAddrError| usage(e.to_string()))?;
+            .map_err(|e| usage(format!("{e}; {GUEST_CONNECT_FORMS}")))?;
         return Ok(ConnectSpec::Guest(addr));
     }
     let target: HostTarget = text

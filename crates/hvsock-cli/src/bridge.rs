@@ -22,7 +22,9 @@ use anyhow::{anyhow, Context};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 
-use crate::addr::{join, parse_connect, parse_listen, ConnectSpec, ListenSpec, Side};
+use hvsock::addr::VmRef;
+
+use crate::addr::{join, parse_connect, parse_listen, vm_by_name, ConnectSpec, ListenSpec, Side};
 use crate::conn::{Conn, Listener};
 use crate::errors::{self, usage};
 use crate::progress::Meter;
@@ -199,6 +201,12 @@ fn bridge(args: &BridgeArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    // A VM named in TO is checked now, not at the first connection.
+    if let (Some(ConnectSpec::Host(target)), Some(Side::Host { socket, .. })) = (&to_hv, &side) {
+        if let VmRef::Name(name) = &target.vm {
+            vm_by_name(socket, name)?;
+        }
+    }
     let target = Arc::new(Target {
         to: args.to.clone(),
         hv: to_hv.map(|spec| (side.clone().expect("joined"), spec)),

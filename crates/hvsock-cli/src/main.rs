@@ -7,6 +7,7 @@
 mod addr;
 mod bench;
 mod bridge;
+mod completions;
 mod conn;
 mod connect;
 mod demo;
@@ -140,6 +141,13 @@ Examples:
   socat UNIX-LISTEN:/tmp/alpha.vsock_7000,fork EXEC:cat &   # guest connects to host port 7000
   hvsock hybrid --vm alpha --socket /run/alpha.vsock --host-socket /tmp/hv/host.sock")]
     Hybrid(hybrid::HybridArgs),
+    /// Print a shell completion script.
+    #[command(after_help = "\
+Examples:
+  hvsock completions bash > ~/.local/share/bash-completion/completions/hvsock
+  hvsock completions zsh > ~/.zfunc/_hvsock
+  hvsock completions fish > ~/.config/fish/completions/hvsock.fish")]
+    Completions(completions::CompletionsArgs),
     /// Run an unmodified AF_VSOCK program over hvsock (LD_PRELOAD shim;
     /// a seccomp filter keeps it off any real vsock device).
     #[command(after_help = "\
@@ -188,6 +196,7 @@ fn main() -> ExitCode {
         Command::Connect(args) => connect::run(&args),
         Command::Bridge(args) => bridge::run(&args),
         Command::Hybrid(args) => hybrid::run(&args),
+        Command::Completions(args) => completions::run(&args),
         Command::Run(args) => run::run(&args),
     };
     match result {
