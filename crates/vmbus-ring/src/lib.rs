@@ -24,6 +24,7 @@
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+mod index;
 pub mod inspect;
 pub mod layout;
 pub mod mem;

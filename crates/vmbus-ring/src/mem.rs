@@ -67,47 +67,33 @@ pub trait RingMem {
     }
 }
 
-impl<T: RingMem + ?Sized> RingMem for &T {
-    fn data_len(&self) -> usize {
-        (**self).data_len()
-    }
-    fn load_control(&self, word: usize, order: Ordering) -> u32 {
-        (**self).load_control(word, order)
-    }
-    fn store_control(&self, word: usize, value: u32, order: Ordering) {
-        (**self).store_control(word, value, order)
-    }
-    fn read_data(&self, offset: usize, dst: &mut [u8]) {
-        (**self).read_data(offset, dst)
-    }
-    fn write_data(&self, offset: usize, src: &[u8]) {
-        (**self).write_data(offset, src)
-    }
-    fn full_fence(&self) {
-        (**self).full_fence()
-    }
+/// Forwards every method to the memory behind a pointer type.
+macro_rules! forward_ring_mem {
+    ($($ptr:ty),*) => {$(
+        impl<T: RingMem + ?Sized> RingMem for $ptr {
+            fn data_len(&self) -> usize {
+                (**self).data_len()
+            }
+            fn load_control(&self, word: usize, order: Ordering) -> u32 {
+                (**self).load_control(word, order)
+            }
+            fn store_control(&self, word: usize, value: u32, order: Ordering) {
+                (**self).store_control(word, value, order)
+            }
+            fn read_data(&self, offset: usize, dst: &mut [u8]) {
+                (**self).read_data(offset, dst)
+            }
+            fn write_data(&self, offset: usize, src: &[u8]) {
+                (**self).write_data(offset, src)
+            }
+            fn full_fence(&self) {
+                (**self).full_fence()
+            }
+        }
+    )*};
 }
 
-impl<T: RingMem + ?Sized> RingMem for std::sync::Arc<T> {
-    fn data_len(&self) -> usize {
-        (**self).data_len()
-    }
-    fn load_control(&self, word: usize, order: Ordering) -> u32 {
-        (**self).load_control(word, order)
-    }
-    fn store_control(&self, word: usize, value: u32, order: Ordering) {
-        (**self).store_control(word, value, order)
-    }
-    fn read_data(&self, offset: usize, dst: &mut [u8]) {
-        (**self).read_data(offset, dst)
-    }
-    fn write_data(&self, offset: usize, src: &[u8]) {
-        (**self).write_data(offset, src)
-    }
-    fn full_fence(&self) {
-        (**self).full_fence()
-    }
-}
+forward_ring_mem!(&T, std::sync::Arc<T>);
 
 /// A ring in ordinary process memory, shareable between threads.
 ///

@@ -11,13 +11,14 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use zerocopy::FromBytes;
 
 use crate::error::{Corruption, CorruptionKind, IndexField};
+use crate::index::{check_index, check_moved_index, Health};
 use crate::layout::{
     advance, check_data_len, distance, free, used, PacketDescriptor, DESCRIPTOR_SIZE,
     FEATURE_PENDING_SEND_SIZE, PACKET_FLAG_COMPLETION_REQUESTED, PACKET_TYPE_DATA_INBAND,
     TRAILER_SIZE,
 };
 use crate::mem::{word, RingMem};
-use crate::writer::{check_index, AttachError};
+use crate::writer::AttachError;
 
 /// A packet whose descriptor has been copied out of the ring and validated.
 ///
@@ -60,7 +61,7 @@ pub struct RingReader<M> {
     max_packet: u32,
     /// The validated packet at `read`, until it is consumed.
     current: Option<Packet>,
-    broken: Option<Corruption>,
+    health: Health,
 }
 
 impl<M: RingMem> RingReader<M> {
@@ -81,7 +82,7 @@ impl<M: RingMem> RingReader<M> {
             write,
             max_packet,
             current: None,
-            broken: None,
+            health: Health::default(),
         })
     }
 
@@ -97,7 +98,7 @@ impl<M: RingMem> RingReader<M> {
 
     /// The corruption that broke this ring, if any.
     pub fn broken(&self) -> Option<&Corruption> {
-        self.broken.as_ref()
+        self.health.corruption()
     }
 
     /// The private read cursor: where the next packet starts.
@@ -116,7 +117,7 @@ impl<M: RingMem> RingReader<M> {
     /// [`unmask`](Self::unmask)) a result of 0 means the writer will signal
     /// for its next packet: it is the re-check before sleeping.
     pub fn available(&mut self) -> Result<u32, Corruption> {
-        self.check_broken()?;
+        self.health.check()?;
         // Pairs with the writer's fence between publishing write_index and
         // loading our mask and read_index.
         self.mem.full_fence();
@@ -128,7 +129,7 @@ impl<M: RingMem> RingReader<M> {
     ///
     /// The same packet is returned until it is [consumed](Self::consume).
     pub fn next_packet(&mut self) -> Result<Option<Packet>, Corruption> {
-        self.check_broken()?;
+        self.health.check()?;
         if let Some(packet) = self.current {
             return Ok(Some(packet));
         }
@@ -143,7 +144,7 @@ impl<M: RingMem> RingReader<M> {
                 self.current = Some(packet);
                 Ok(Some(packet))
             }
-            Err(corruption) => Err(self.poison(corruption)),
+            Err(corruption) => Err(self.health.poison(corruption)),
         }
     }
 
@@ -179,7 +180,7 @@ impl<M: RingMem> RingReader<M> {
     /// this commit, and has them now.
     #[must_use = "when true, the writer must be signalled"]
     pub fn commit(&mut self) -> Result<bool, Corruption> {
-        self.check_broken()?;
+        self.health.check()?;
         if self.read == self.published {
             return Ok(false);
         }
@@ -214,7 +215,7 @@ impl<M: RingMem> RingReader<M> {
     /// no pending-send-size check). A writer that may sleep needs
     /// [`commit`](Self::commit).
     pub fn publish(&mut self) -> Result<(), Corruption> {
-        self.check_broken()?;
+        self.health.check()?;
         if self.read != self.published {
             self.mem.store_control(word::READ_INDEX, self.read, Release);
             self.published = self.read;
@@ -307,42 +308,22 @@ impl<M: RingMem> RingReader<M> {
     /// copy them (Linux learnt this on ARM64 in 2022).
     fn load_write_index(&mut self) -> Result<(), Corruption> {
         let value = self.mem.load_control(word::WRITE_INDEX, Acquire);
-        let checked = check_index(IndexField::WriteIndex, value, self.size).and_then(|value| {
-            // The writer keeps 8 bytes free at all times, counted from the
-            // read_index we published.
-            let allowed = self.size - 8 - distance(self.published, self.write, self.size);
-            if distance(self.write, value, self.size) > allowed {
-                Err(Corruption::index(
-                    IndexField::WriteIndex,
-                    CorruptionKind::IndexMoved {
-                        field: IndexField::WriteIndex,
-                        last: self.write,
-                        value,
-                        allowed,
-                    },
-                ))
-            } else {
-                Ok(value)
-            }
-        });
+        // The writer keeps 8 bytes free at all times, counted from the
+        // read_index we published.
+        let allowed = self.size - 8 - distance(self.published, self.write, self.size);
+        let checked = check_moved_index(
+            IndexField::WriteIndex,
+            value,
+            self.size,
+            self.write,
+            allowed,
+        );
         match checked {
             Ok(value) => {
                 self.write = value;
                 Ok(())
             }
-            Err(corruption) => Err(self.poison(corruption)),
+            Err(corruption) => Err(self.health.poison(corruption)),
         }
-    }
-
-    fn check_broken(&self) -> Result<(), Corruption> {
-        match &self.broken {
-            Some(corruption) => Err(corruption.clone()),
-            None => Ok(()),
-        }
-    }
-
-    fn poison(&mut self, corruption: Corruption) -> Corruption {
-        self.broken = Some(corruption.clone());
-        corruption
     }
 }

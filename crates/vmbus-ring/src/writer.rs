@@ -9,7 +9,8 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 
 use zerocopy::IntoBytes;
 
-use crate::error::{Corruption, CorruptionKind, IndexField, WriteError};
+use crate::error::{Corruption, IndexField, WriteError};
+use crate::index::{check_index, check_moved_index, Health};
 use crate::layout::{
     advance, check_data_len, distance, free, round_up8, GeometryError, PacketDescriptor,
     DESCRIPTOR_SIZE, TRAILER_SIZE,
@@ -33,7 +34,7 @@ pub struct RingWriter<M> {
     published: u32,
     /// `read_index` as last loaded (validated).
     read: u32,
-    broken: Option<Corruption>,
+    health: Health,
 }
 
 impl<M: RingMem> RingWriter<M> {
@@ -53,7 +54,7 @@ impl<M: RingMem> RingWriter<M> {
             write,
             published: write,
             read,
-            broken: None,
+            health: Health::default(),
         })
     }
 
@@ -69,7 +70,7 @@ impl<M: RingMem> RingWriter<M> {
 
     /// The corruption that broke this ring, if any.
     pub fn broken(&self) -> Option<&Corruption> {
-        self.broken.as_ref()
+        self.health.corruption()
     }
 
     /// Free bytes as of the last load of `read_index`, counting packets written
@@ -80,7 +81,7 @@ impl<M: RingMem> RingWriter<M> {
 
     /// Free bytes now: reloads the peer's `read_index`.
     pub fn free(&mut self) -> Result<u32, Corruption> {
-        self.check_broken()?;
+        self.health.check()?;
         self.load_read_index()?;
         Ok(self.cached_free())
     }
@@ -103,7 +104,7 @@ impl<M: RingMem> RingWriter<M> {
         transaction_id: u64,
         parts: &[&[u8]],
     ) -> Result<(), WriteError> {
-        self.check_broken()?;
+        self.health.check()?;
         let payload: usize = parts.iter().map(|p| p.len()).sum();
         let body = round_up8(DESCRIPTOR_SIZE + payload);
         let needed = body + TRAILER_SIZE;
@@ -166,7 +167,7 @@ impl<M: RingMem> RingWriter<M> {
     /// released everything published before).
     #[must_use = "when true, the reader must be signalled"]
     pub fn commit(&mut self) -> Result<bool, Corruption> {
-        self.check_broken()?;
+        self.health.check()?;
         if self.write == self.published {
             return Ok(false);
         }
@@ -189,7 +190,7 @@ impl<M: RingMem> RingWriter<M> {
     /// nothing else (no fence, no signal decision). A reader that may sleep
     /// needs [`commit`](Self::commit).
     pub fn publish(&mut self) -> Result<(), Corruption> {
-        self.check_broken()?;
+        self.health.check()?;
         if self.write != self.published {
             self.mem
                 .store_control(word::WRITE_INDEX, self.write, Release);
@@ -215,7 +216,7 @@ impl<M: RingMem> RingWriter<M> {
     /// `pending_send_sz` is published, reloads `read_index` and returns
     /// whether more than `needed` bytes are free now (then do not sleep).
     pub fn space_after_arming(&mut self, needed: u32) -> Result<bool, Corruption> {
-        self.check_broken()?;
+        self.health.check()?;
         // Orders the store of pending_send_sz before this load of
         // read_index; the reader fences between its store of read_index and
         // its load of pending_send_sz. One of us sees the other.
@@ -245,41 +246,16 @@ impl<M: RingMem> RingWriter<M> {
     /// before we overwrite that space.
     fn load_read_index(&mut self) -> Result<(), Corruption> {
         let value = self.mem.load_control(word::READ_INDEX, Acquire);
-        let checked = check_index(IndexField::ReadIndex, value, self.size).and_then(|value| {
-            let allowed = distance(self.read, self.published, self.size);
-            if distance(self.read, value, self.size) > allowed {
-                Err(Corruption::index(
-                    IndexField::ReadIndex,
-                    CorruptionKind::IndexMoved {
-                        field: IndexField::ReadIndex,
-                        last: self.read,
-                        value,
-                        allowed,
-                    },
-                ))
-            } else {
-                Ok(value)
-            }
-        });
+        let allowed = distance(self.read, self.published, self.size);
+        let checked =
+            check_moved_index(IndexField::ReadIndex, value, self.size, self.read, allowed);
         match checked {
             Ok(value) => {
                 self.read = value;
                 Ok(())
             }
-            Err(corruption) => Err(self.poison(corruption)),
+            Err(corruption) => Err(self.health.poison(corruption)),
         }
-    }
-
-    fn check_broken(&self) -> Result<(), Corruption> {
-        match &self.broken {
-            Some(corruption) => Err(corruption.clone()),
-            None => Ok(()),
-        }
-    }
-
-    fn poison(&mut self, corruption: Corruption) -> Corruption {
-        self.broken = Some(corruption.clone());
-        corruption
     }
 }
 
@@ -292,28 +268,6 @@ pub enum AttachError {
     /// The control page holds an invalid index.
     #[error(transparent)]
     Corrupt(#[from] Corruption),
-}
-
-/// Checks that an index loaded from the control page is inside the data area
-/// and 8-aligned.
-pub(crate) fn check_index(field: IndexField, value: u32, size: u32) -> Result<u32, Corruption> {
-    if value >= size {
-        Err(Corruption::index(
-            field,
-            CorruptionKind::IndexOutOfRange {
-                field,
-                value,
-                data_size: size,
-            },
-        ))
-    } else if value % 8 != 0 {
-        Err(Corruption::index(
-            field,
-            CorruptionKind::IndexUnaligned { field, value },
-        ))
-    } else {
-        Ok(value)
-    }
 }
 
 /// Prepares a fresh ring, as the guest does before opening a channel: zeroes
