@@ -267,12 +267,57 @@ async fn accept(listener: &Listener, ready: &AsyncFd<OwnedFd>) -> io::Result<Str
     }
 }
 
-/// A guest listening on a vsock port.
-#[derive(Debug)]
-pub struct VsockListener {
-    listener: blocking::VsockListener,
-    ready: AsyncFd<OwnedFd>,
+/// Defines a tokio listener over a blocking one: `from_std`, `accept`,
+/// `local_addr`.
+macro_rules! async_listener {
+    ($(#[$doc:meta])* $name:ident, $blocking:ty, $stream:ident, $addr:ty) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $name {
+            listener: $blocking,
+            ready: AsyncFd<OwnedFd>,
+        }
+
+        impl $name {
+            /// Wraps a blocking listener.
+            pub fn from_std(listener: $blocking) -> io::Result<Self> {
+                let ready = async_fd(&listener)?;
+                // Connections may be queued already (see `Inner::new`).
+                listener.inner.shared.waiter.wake();
+                Ok(Self { listener, ready })
+            }
+
+            /// Waits for the peer to connect.
+            pub async fn accept(&self) -> io::Result<($stream, $addr)> {
+                let stream = $stream(Inner::new(
+                    accept(&self.listener.inner, &self.ready).await?,
+                )?);
+                let peer = stream.peer_addr()?;
+                Ok((stream, peer))
+            }
+
+            /// The address listened on.
+            pub fn local_addr(&self) -> io::Result<$addr> {
+                self.listener.local_addr()
+            }
+        }
+    };
 }
+
+async_listener!(
+    /// A guest listening on a vsock port.
+    VsockListener,
+    blocking::VsockListener,
+    VsockStream,
+    VsockAddr
+);
+async_listener!(
+    /// The host listening on a service.
+    HvListener,
+    blocking::HvListener,
+    HvStream,
+    HvAddr
+);
 
 impl VsockListener {
     /// Listens on `addr.port`; see [`blocking::VsockListener::bind`].
@@ -281,35 +326,6 @@ impl VsockListener {
         let listener = blocking_task(move || blocking::VsockListener::bind(&guest, addr)).await?;
         Self::from_std(listener)
     }
-
-    /// Wraps a blocking listener.
-    pub fn from_std(listener: blocking::VsockListener) -> io::Result<Self> {
-        let ready = async_fd(&listener)?;
-        // Connections may be queued already (see `Inner::new`).
-        listener.inner.shared.waiter.wake();
-        Ok(Self { listener, ready })
-    }
-
-    /// Waits for the host to connect.
-    pub async fn accept(&self) -> io::Result<(VsockStream, VsockAddr)> {
-        let stream = VsockStream(Inner::new(
-            accept(&self.listener.inner, &self.ready).await?,
-        )?);
-        let peer = stream.peer_addr()?;
-        Ok((stream, peer))
-    }
-
-    /// The address listened on.
-    pub fn local_addr(&self) -> io::Result<VsockAddr> {
-        self.listener.local_addr()
-    }
-}
-
-/// The host listening on a service.
-#[derive(Debug)]
-pub struct HvListener {
-    listener: blocking::HvListener,
-    ready: AsyncFd<OwnedFd>,
 }
 
 impl HvListener {
@@ -318,27 +334,5 @@ impl HvListener {
         let host = host.clone();
         let listener = blocking_task(move || blocking::HvListener::bind(&host, addr)).await?;
         Self::from_std(listener)
-    }
-
-    /// Wraps a blocking listener.
-    pub fn from_std(listener: blocking::HvListener) -> io::Result<Self> {
-        let ready = async_fd(&listener)?;
-        // Connections may be queued already (see `Inner::new`).
-        listener.inner.shared.waiter.wake();
-        Ok(Self { listener, ready })
-    }
-
-    /// Waits for a guest to connect.
-    pub async fn accept(&self) -> io::Result<(HvStream, HvAddr)> {
-        let stream = HvStream(Inner::new(
-            accept(&self.listener.inner, &self.ready).await?,
-        )?);
-        let peer = stream.peer_addr()?;
-        Ok((stream, peer))
-    }
-
-    /// The address listened on.
-    pub fn local_addr(&self) -> io::Result<HvAddr> {
-        self.listener.local_addr()
     }
 }
