@@ -158,7 +158,12 @@ pub fn server_datagrams(data: &[u8]) {
         drain(&mut server, &mut live);
     }
     while let Some(client) = live.pop_first() {
-        server.handle(now, Input::Gone { client: ClientId(client) });
+        server.handle(
+            now,
+            Input::Gone {
+                client: ClientId(client),
+            },
+        );
         drain(&mut server, &mut live);
     }
     assert_eq!(server.client_count(), 0, "clients left after all are gone");

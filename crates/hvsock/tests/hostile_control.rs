@@ -376,7 +376,8 @@ fn descriptors_that_are_not_eventfds_fail_that_connection_only() {
     let mut by_guest = VsockStream::connect(&guest, VsockAddr::new(2, 7101)).unwrap();
     let (mut by_host, _) = by_listener.accept().unwrap();
 
-    let kinds: [(&str, fn() -> (OwnedFd, OwnedFd)); 3] = [
+    type MakePair = fn() -> (OwnedFd, OwnedFd);
+    let kinds: [(&str, MakePair); 3] = [
         ("two memfds", || {
             let a = SharedMemory::create("a", PAGE_SIZE).unwrap().into_fd();
             let b = SharedMemory::create("b", PAGE_SIZE).unwrap().into_fd();
