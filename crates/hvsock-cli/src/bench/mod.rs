@@ -1570,7 +1570,7 @@ fn draw_plot(path: &Path, results: &[Value], machine: &sys::Machine) -> anyhow::
                 "shm",
                 Some("g2h"),
                 Some(52),
-                "C spinning ring, 204 KiB, 4088 B",
+                "C spinning ring, 204 KiB, g2h packets",
             ),
         ];
         for (transport, via, dir, pages, label) in lines {
