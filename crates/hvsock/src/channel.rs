@@ -263,6 +263,7 @@ impl ChannelIo {
     ) -> io::Result<T> {
         let spin = Duration::from_nanos(self.busy_poll.load(Relaxed));
         let started = Instant::now();
+        let mut spins = 0u32;
         loop {
             if opts.nonblocking {
                 // Take the pending signal first, so that a caller who polls
@@ -276,9 +277,14 @@ impl ChannelIo {
             if opts.nonblocking {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
-            if !spin.is_zero() && started.elapsed() < spin {
-                std::hint::spin_loop();
-                continue;
+            if !spin.is_zero() {
+                spins = spins.wrapping_add(1);
+                // Reading the clock costs more than an attempt; look at it
+                // once every 256 spins.
+                if spins % 256 != 0 || started.elapsed() < spin {
+                    std::hint::spin_loop();
+                    continue;
+                }
             }
             if !self.waiter.wait(seen, opts.deadline)? {
                 return Err(err(
