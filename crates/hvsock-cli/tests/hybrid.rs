@@ -43,6 +43,11 @@ impl Setup {
             .arg(&host.socket);
         let mut front = Proc::spawn(cmd);
         front.wait_for_stderr("listening on");
+        // The front binds its host ports for PATH_P on its own thread:
+        // wait until the host lists them before a guest connects to one.
+        for &port in before {
+            wait_host_listening(&host, port);
+        }
         Setup {
             host,
             _echo: echo,
@@ -58,6 +63,24 @@ impl Setup {
         cmd.arg("-c").arg(script).arg(&self.path);
         let out = run_with_input(cmd, b"");
         String::from_utf8(ok(&out)).unwrap()
+    }
+}
+
+/// Waits (at most 30 s) until the host has a listener on the service of
+/// vsock port `port`.
+fn wait_host_listening(host: &Daemon, port: u32) {
+    let service = format!("{port:08x}-facb-11e6-bd58-64006a7986d3");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = host.cmd(&["stat", "--json"]).output().unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains(&service) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the front never listened on host port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -220,8 +243,6 @@ fn socat_unix_connect() {
 }
 
 #[test]
-#[ignore = "flaky under load: once in CI the guest saw the rescind without the front's FIN \
-            (see the closing note of session 1); passes when run alone"]
 fn a_guest_connecting_to_host_port_p_reaches_path_p() {
     let mut s = Setup::start(&[7000]);
     let connect = |port: &str| {

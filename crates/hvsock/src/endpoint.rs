@@ -311,27 +311,43 @@ impl Endpoint {
                 format!("port {port} is already listening in this process"),
             ));
         }
-        state.guest.listen_results.insert(port, None);
-        shared.send_ext(&mut state, &ExtRequest::GuestListen { port });
-        let deadline = Instant::now() + REQUEST_TIMEOUT;
-        let state = shared.wait_until(state, Some(deadline), |state| {
-            match state.guest.listen_results.get(&port) {
-                Some(Some(result)) => Some(Ok(result.clone())),
-                _ => None,
-            }
-        });
-        let (mut state, result) = state?;
-        state.guest.listen_results.remove(&port);
-        result.map_err(|reason| err(io::ErrorKind::AddrInUse, reason))?;
-        // The host may have gone between its answer and now: a listener
-        // added after `die` would never be closed, and accept would hang.
-        shared.check_alive(&state)?;
+        // Registered before asking: the host may route a connection to us
+        // the moment it has answered, before this thread runs again.
         let listener = ListenerShared::new(backlog)?;
         let pages = shared.ring_pages(&state, pages);
         state
             .guest
             .listeners
             .insert(port, (listener.clone(), pages));
+        state.guest.listen_results.insert(port, None);
+        shared.send_ext(&mut state, &ExtRequest::GuestListen { port });
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let answer = shared.wait_until(state, Some(deadline), |state| {
+            match state.guest.listen_results.get(&port) {
+                Some(Some(result)) => Some(Ok(result.clone())),
+                _ => None,
+            }
+        });
+        let result = match answer {
+            Ok((mut state, result)) => {
+                state.guest.listen_results.remove(&port);
+                // The host may have gone since it answered.
+                shared
+                    .check_alive(&state)
+                    .and(result.map_err(|reason| err(io::ErrorKind::AddrInUse, reason)))
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            let mut state = shared.lock();
+            state.guest.listen_results.remove(&port);
+            if state.guest.listeners.remove(&port).is_some() && e.kind() == io::ErrorKind::TimedOut
+            {
+                shared.send_ext(&mut state, &ExtRequest::GuestUnlisten { port });
+            }
+            listener.close("the listen request failed");
+            return Err(e);
+        }
         Ok(listener)
     }
 
@@ -413,29 +429,41 @@ impl Endpoint {
                 format!("service {service_id} is already listening in this process"),
             ));
         }
+        // Registered before asking (see `guest_listen`).
+        let listener = ListenerShared::new(backlog)?;
+        state.host.listeners.insert(key, listener.clone());
         state.host.listen_results.insert(key, None);
         shared.send_ext(&mut state, &ExtRequest::HostListen { service_id, vm_id });
         let deadline = Instant::now() + REQUEST_TIMEOUT;
-        let (mut state, result) =
-            shared.wait_until(state, Some(deadline), |state| {
-                match state.host.listen_results.get(&key) {
-                    Some(Some(result)) => Some(Ok(result.clone())),
-                    _ => None,
-                }
-            })?;
-        state.host.listen_results.remove(&key);
-        result.map_err(|reason| {
-            let kind = if reason.contains("no VM") || reason.contains("unknown") {
-                io::ErrorKind::NotFound
-            } else {
-                io::ErrorKind::AddrInUse
-            };
-            err(kind, reason)
-        })?;
-        // As in guest_listen: the host may have gone since it answered.
-        shared.check_alive(&state)?;
-        let listener = ListenerShared::new(backlog)?;
-        state.host.listeners.insert(key, listener.clone());
+        let answer = shared.wait_until(state, Some(deadline), |state| {
+            match state.host.listen_results.get(&key) {
+                Some(Some(result)) => Some(Ok(result.clone())),
+                _ => None,
+            }
+        });
+        let result = match answer {
+            Ok((mut state, result)) => {
+                state.host.listen_results.remove(&key);
+                shared.check_alive(&state).and(result.map_err(|reason| {
+                    let kind = if reason.contains("no VM") || reason.contains("unknown") {
+                        io::ErrorKind::NotFound
+                    } else {
+                        io::ErrorKind::AddrInUse
+                    };
+                    err(kind, reason)
+                }))
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            let mut state = shared.lock();
+            state.host.listen_results.remove(&key);
+            if state.host.listeners.remove(&key).is_some() && e.kind() == io::ErrorKind::TimedOut {
+                shared.send_ext(&mut state, &ExtRequest::HostUnlisten { service_id, vm_id });
+            }
+            listener.close("the listen request failed");
+            return Err(e);
+        }
         Ok(listener)
     }
 
