@@ -93,6 +93,36 @@ pub fn recv_with_fds(
     buf: &mut [u8],
     max_fds: usize,
 ) -> Result<(usize, Vec<OwnedFd>), Error> {
+    let received = recv_message(socket, buf, max_fds)?;
+    match received.fds_lost {
+        Some(received_fds) => Err(Error::FdsTruncated {
+            max: max_fds.min(MAX_FDS_PER_MESSAGE),
+            received: received_fds,
+        }),
+        None => Ok((received.len, received.fds)),
+    }
+}
+
+/// One message as [`recv_message`] received it.
+#[derive(Debug)]
+pub struct Received {
+    /// Bytes of the message in the buffer.
+    pub len: usize,
+    /// The descriptors that came with it (none if [`fds_lost`](Self::fds_lost)).
+    pub fds: Vec<OwnedFd>,
+    /// `Some(n)` when the message's descriptors did not all arrive: more
+    /// than allowed were sent, or this process is out of descriptors
+    /// (`RLIMIT_NOFILE`: the kernel drops those it cannot install). The `n`
+    /// that did arrive were closed. The bytes are intact.
+    pub fds_lost: Option<usize>,
+}
+
+/// Like [`recv_with_fds`], but a message whose descriptors were cut is
+/// returned (its bytes intact, no descriptors, [`Received::fds_lost`] set)
+/// instead of refused, so that the receiver can fail just what that message
+/// was for: a process out of descriptors then refuses one request instead
+/// of dropping a connection.
+pub fn recv_message(socket: impl AsFd, buf: &mut [u8], max_fds: usize) -> Result<Received, Error> {
     let max_fds = max_fds.min(MAX_FDS_PER_MESSAGE);
     // Headroom for RecvAncillaryBuffer aligning the start of the buffer to a
     // cmsghdr; any room this leaves for extra descriptors is policed below.
@@ -125,19 +155,22 @@ pub fn recv_with_fds(
     // The kernel sets CTRUNC when the descriptors did not fit; it closes the
     // ones it could not deliver. Control space is rounded up to 8 bytes, so a
     // few more than `max_fds` may fit without CTRUNC: refuse those too.
-    if msg.flags.contains(ReturnFlags::CTRUNC) || fds.len() > max_fds {
-        return Err(Error::FdsTruncated {
-            max: max_fds,
-            received: fds.len(),
-        });
-    }
     if msg.flags.contains(ReturnFlags::TRUNC) {
         return Err(Error::MessageTruncated {
             buf_len,
             received_fds: fds.len(),
         });
     }
-    Ok((msg.bytes, fds))
+    let fds_lost = (msg.flags.contains(ReturnFlags::CTRUNC) || fds.len() > max_fds).then(|| {
+        let arrived = fds.len();
+        fds.clear();
+        arrived
+    });
+    Ok(Received {
+        len: msg.bytes,
+        fds,
+        fds_lost,
+    })
 }
 
 #[cfg(test)]
@@ -272,6 +305,27 @@ mod tests {
             Err(Error::FdsTruncated { max: 1, .. })
         ));
         assert!(peer_closed(&p1) && peer_closed(&p2));
+    }
+
+    #[test]
+    fn a_message_whose_fds_were_cut_keeps_its_bytes() {
+        let (a, b) = pair(SocketType::SEQPACKET);
+        let (p1, t1) = probe();
+        let (p2, t2) = probe();
+        send_with_fds(&a, b"hello", &[t1.as_fd(), t2.as_fd()]).unwrap();
+        drop((t1, t2));
+        let mut buf = [0u8; 8];
+        let received = recv_message(&b, &mut buf, 1).unwrap();
+        assert_eq!(&buf[..received.len], b"hello");
+        assert!(received.fds.is_empty());
+        assert!(received.fds_lost.is_some_and(|n| n >= 1));
+        assert!(peer_closed(&p1) && peer_closed(&p2));
+        // The socket goes on: the next message is whole.
+        let (_p3, t3) = probe();
+        send_with_fds(&a, b"next", &[t3.as_fd()]).unwrap();
+        let received = recv_message(&b, &mut buf, 1).unwrap();
+        assert_eq!(&buf[..received.len], b"next");
+        assert_eq!((received.fds.len(), received.fds_lost), (1, None));
     }
 
     #[test]

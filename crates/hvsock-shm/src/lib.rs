@@ -25,7 +25,7 @@ mod ring_mem;
 
 pub use error::Error;
 pub use eventfd::EventFd;
-pub use fdpass::{recv_with_fds, send_with_fds, MAX_FDS_PER_MESSAGE};
+pub use fdpass::{recv_message, recv_with_fds, send_with_fds, Received, MAX_FDS_PER_MESSAGE};
 pub use mapping::Mapping;
 pub use memfd::SharedMemory;
 pub use ring_mem::{ring_pair, RingPair, SharedRingMem};
