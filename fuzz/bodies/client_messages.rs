@@ -15,7 +15,8 @@
 //! | 7 | port byte | the application sends a TL connect request |
 //!
 //! Asserts: nothing panics; every message the client sends is one a guest
-//! sends and encodes to bytes that decode to it again; every event names a
+//! sends, carries a descriptor only if it is GPADL_HEADER (exactly one
+//! then), and encodes to bytes that decode to it again; every event names a
 //! channel the host offered; the client never holds more channels than the
 //! host offered.
 
@@ -48,7 +49,7 @@ impl<'a> Bytes<'a> {
 fn drain(client: &mut GuestClient, offered: &BTreeSet<u32>) {
     while let Some(output) = client.poll_output() {
         match output {
-            Output::Send { message, .. } => {
+            Output::Send { message, fds } => {
                 assert!(
                     matches!(
                         message,
@@ -64,6 +65,15 @@ fn drain(client: &mut GuestClient, offered: &BTreeSet<u32>) {
                             | Message::TlConnectRequest(_)
                     ),
                     "a guest never sends {message:?}"
+                );
+                // Only GPADL_HEADER carries a descriptor (the rings' memfd);
+                // signals go over the link, never with OPENCHANNEL.
+                let expected_fds = usize::from(matches!(message, Message::GpadlHeader(_)));
+                assert_eq!(
+                    fds.len(),
+                    expected_fds,
+                    "{message:?} with {} fds",
+                    fds.len()
                 );
                 let bytes = message.encode();
                 assert_eq!(Message::decode(&bytes).as_ref(), Ok(&message));
@@ -113,7 +123,7 @@ pub fn client_messages(data: &[u8]) {
                     total_pages: u32::from(input.byte().unwrap_or(0)),
                     guest_to_host_pages: u32::from(input.byte().unwrap_or(0)),
                 };
-                let _ = client.open(relid, fd.clone(), layout, fd.clone(), fd.clone());
+                let _ = client.open(relid, fd.clone(), layout);
             }
             6 => {
                 let _ = client.close(u32::from(input.byte().unwrap_or(0)));

@@ -23,10 +23,15 @@
 //! two eventfds, one eventfd.
 //!
 //! Asserts: nothing panics; every datagram the server sends goes to a live
-//! client and decodes as a VMBus message or an extension event; once every
-//! client is gone, the server holds no client and no channel.
+//! client, decodes as a VMBus message or an extension event and carries a
+//! descriptor only if it is HostConnected or HostIncoming (exactly one
+//! then); links: each CreateLink has a new id and joins two live clients,
+//! every message that names a link comes after its CreateLink and before
+//! its LinkClosed and goes to the right end of it, LinkClosed goes to an
+//! end; once every client is gone, the server holds no client and no
+//! channel, and every link was closed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
@@ -77,24 +82,77 @@ fn fds(selector: u8) -> Vec<OwnedFd> {
     }
 }
 
+/// What the driver has seen of links.
+#[derive(Default)]
+struct Links {
+    /// Open links: id → (guest, host).
+    open: BTreeMap<u64, (ClientId, ClientId)>,
+    /// Every id ever created.
+    seen: BTreeSet<u64>,
+}
+
+impl Links {
+    /// Checks that `to` may be sent a message naming `link` (the guest end
+    /// when `guest_end`, else the host end).
+    fn check_named(&self, link: u64, to: ClientId, guest_end: bool) {
+        let Some(&(guest, host)) = self.open.get(&link) else {
+            panic!("a message to {to:?} names link {link}, which is not open");
+        };
+        let end = if guest_end { guest } else { host };
+        assert_eq!(to, end, "link {link} joins {guest:?} and {host:?}");
+    }
+}
+
 /// Performs every pending action, checking it.
-fn drain(server: &mut Server, live: &mut BTreeSet<u64>) {
+fn drain(server: &mut Server, live: &mut BTreeSet<u64>, links: &mut Links) {
     while let Some(action) = server.poll_action() {
         match action {
-            Action::Send { client, bytes, .. } => {
+            Action::Send { client, bytes, fds } => {
                 assert!(
                     live.contains(&client.0),
                     "the server sent to {client:?}, which is not connected"
                 );
-                if let Err(e) = Datagram::<ExtEvent>::decode(&bytes) {
-                    panic!("the server sent an undecodable datagram ({e}): {bytes:02x?}");
-                }
+                let datagram = match Datagram::<ExtEvent>::decode(&bytes) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        panic!("the server sent an undecodable datagram ({e}): {bytes:02x?}")
+                    }
+                };
+                let expected_fds = match &datagram {
+                    Datagram::Ext(ExtEvent::HostConnected { link, .. })
+                    | Datagram::Ext(ExtEvent::HostIncoming { link, .. }) => {
+                        links.check_named(*link, client, false);
+                        1
+                    }
+                    Datagram::Ext(ExtEvent::ChannelLink { link, .. }) => {
+                        links.check_named(*link, client, true);
+                        0
+                    }
+                    Datagram::Ext(ExtEvent::LinkClosed { link }) => {
+                        let ends = links.open.remove(link);
+                        assert!(
+                            ends.is_some_and(|(g, h)| client == g || client == h),
+                            "LinkClosed {link} to {client:?}, which is not an end of an open link"
+                        );
+                        0
+                    }
+                    _ => 0,
+                };
+                assert_eq!(fds.len(), expected_fds, "{datagram:?}");
             }
             Action::Disconnect { client, .. } => {
                 assert!(
                     live.remove(&client.0),
                     "the server disconnected {client:?}, which is not connected"
                 );
+            }
+            Action::CreateLink { link, guest, host } => {
+                assert!(
+                    live.contains(&guest.0) && live.contains(&host.0) && guest != host,
+                    "CreateLink {link} between {guest:?} and {host:?}, not two live clients"
+                );
+                assert!(links.seen.insert(link), "link id {link} reused");
+                links.open.insert(link, (guest, host));
             }
             Action::VmAdded { .. } | Action::VmRemoved { .. } | Action::Stat { .. } => {}
         }
@@ -107,7 +165,8 @@ pub fn server_datagrams(data: &[u8]) {
     let a = server.add_vm("a", None).expect("VM a").id;
     let b = server.add_vm("b", None).expect("VM b").id;
     let mut live = BTreeSet::new();
-    drain(&mut server, &mut live);
+    let mut links = Links::default();
+    drain(&mut server, &mut live, &mut links);
     let mut now = Instant::now();
     let mut next_client = 0u64;
     let mut input = Bytes(data);
@@ -155,7 +214,7 @@ pub fn server_datagrams(data: &[u8]) {
                 server.handle_timeout(now);
             }
         }
-        drain(&mut server, &mut live);
+        drain(&mut server, &mut live, &mut links);
     }
     while let Some(client) = live.pop_first() {
         server.handle(
@@ -164,12 +223,17 @@ pub fn server_datagrams(data: &[u8]) {
                 client: ClientId(client),
             },
         );
-        drain(&mut server, &mut live);
+        drain(&mut server, &mut live, &mut links);
     }
     assert_eq!(server.client_count(), 0, "clients left after all are gone");
     assert_eq!(
         server.channel_count(),
         0,
         "channels left after every client is gone"
+    );
+    assert!(
+        links.open.is_empty(),
+        "links never closed: {:?}",
+        links.open
     );
 }

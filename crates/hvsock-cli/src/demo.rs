@@ -157,7 +157,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     ));
     let listener = VsockListener::bind(&guest, VsockAddr::new(u32::MAX, PORT))?;
 
-    step("4. The host connects: offer, GPADL (the guest's memfd), open (two eventfds)");
+    step("4. The host connects: offer, GPADL (the guest's memfd), open; the first channel of a pair of processes brings their signal link");
     let root = Host::embedded(&host).context("joining as a host process")?;
     let host_stream = HvStream::connect(&root, HvAddr::from_vsock_port(vm, PORT))?;
     let (guest_stream, peer) = listener.accept()?;

@@ -190,10 +190,11 @@ impl Buf {
 }
 
 impl AnyStream {
-    fn fd(&self) -> BorrowedFd<'_> {
+    /// The stream's readiness descriptor (made on first use).
+    fn fd(&self) -> io::Result<BorrowedFd<'_>> {
         match self {
-            AnyStream::Guest(s) => s.as_fd(),
-            AnyStream::Host(s) => s.as_fd(),
+            AnyStream::Guest(s) => s.readiness_fd(),
+            AnyStream::Host(s) => s.readiness_fd(),
         }
     }
     fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
@@ -522,13 +523,15 @@ impl RelayThread {
                 | epoll::EventFlags::RDHUP
                 | epoll::EventFlags::ET,
         )
+        .map_err(io::Error::from)
         .and_then(|()| {
             epoll::add(
                 &self.epoll,
-                conn.stream.fd(),
+                conn.stream.fd()?,
                 epoll::EventData::new_u64((id << 1) | 1),
                 epoll::EventFlags::IN | epoll::EventFlags::ET,
             )
+            .map_err(io::Error::from)
         });
         if ok.is_err() {
             let _ = net::shutdown(&conn.pair, net::Shutdown::Both);
@@ -565,7 +568,9 @@ impl RelayThread {
         match self.entries.remove(&id) {
             Some(Entry::Conn(conn)) => {
                 let _ = epoll::delete(&self.epoll, &conn.pair);
-                let _ = epoll::delete(&self.epoll, conn.stream.fd());
+                if let Ok(fd) = conn.stream.fd() {
+                    let _ = epoll::delete(&self.epoll, fd);
+                }
                 let _ = net::shutdown(&conn.pair, net::Shutdown::Both);
             }
             Some(Entry::Listener(l)) => {

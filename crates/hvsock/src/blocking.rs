@@ -328,11 +328,23 @@ macro_rules! stream_methods {
 
             /// In non-blocking mode reads and writes return `WouldBlock`
             /// instead of waiting. Wait for readiness on
-            /// [`as_fd`](AsFd::as_fd): it is edge-triggered, so read or write
-            /// until `WouldBlock` first.
+            /// [`readiness_fd`](Self::readiness_fd): it is edge-triggered, so
+            /// read or write until `WouldBlock` first.
             pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
                 self.0.update(|s| s.nonblocking = nonblocking);
                 Ok(())
+            }
+
+            /// The readiness descriptor: readable when the peer signalled
+            /// (data, space, or the end of the channel). Edge-triggered: read
+            /// or write until `WouldBlock` first.
+            ///
+            /// Made on first call (streams do not hold a descriptor each
+            /// otherwise: the peer's signals for all of them arrive on one
+            /// per peer process), and from then on a thread of this library
+            /// watches for the peer's signals on its behalf.
+            pub fn readiness_fd(&self) -> io::Result<BorrowedFd<'_>> {
+                Ok(self.0 .0.io.readiness()?.as_fd())
             }
 
             /// Spin for up to `spin` before sleeping on the peer's signal
@@ -380,14 +392,6 @@ macro_rules! stream_methods {
             }
             fn flush(&mut self) -> io::Result<()> {
                 Ok(())
-            }
-        }
-
-        /// The readiness descriptor: readable when the peer signalled (data,
-        /// space, or the end of the channel). Edge-triggered.
-        impl AsFd for $name {
-            fn as_fd(&self) -> BorrowedFd<'_> {
-                self.0 .0.io.readiness().as_fd()
             }
         }
     };

@@ -1,6 +1,6 @@
-//! The data plane of one connection: two rings in shared memory and two
-//! eventfds, with hv_sock's stream rules on top (FIN, shutdown, the end of
-//! the channel), for either side of the channel.
+//! The data plane of one connection: two rings in shared memory and the
+//! channel's bit in its signal link, with hv_sock's stream rules on top
+//! (FIN, shutdown, the end of the channel), for either side of the channel.
 //!
 //! Owns reading, writing, peeking, shutting down and waiting. Knows nothing
 //! of how the channel was set up or will be torn down (the endpoint does
@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hvsock_shm::{ring_pair, EventFd, Mapping};
+
+use crate::doorbell::{Doorbell, Link, Signal};
 use vmbus::ext::{RingLayout, BYTES_WRITTEN_OFFSET};
 use vmbus_ring::layout::{
     hvs_packet_len, GUEST_MAX_SEND_DATA, MAX_RECV_DATA, MAX_RECV_PACKET, PAGE_SIZE,
@@ -21,7 +23,6 @@ use vmbus_ring::layout::{
 use vmbus_ring::{PipeReader, PipeWriteError, PipeWriter, RingReader, RingWriter, WriteError};
 
 use crate::error::{corrupt, err, shm_io};
-use crate::wait::Waiter;
 
 type Mem = hvsock_shm::SharedRingMem;
 
@@ -59,10 +60,13 @@ struct Rx {
 pub(crate) struct ChannelIo {
     tx: Mutex<Tx>,
     rx: Mutex<Rx>,
-    /// Signalled to wake the peer.
-    peer: EventFd,
-    /// Signalled by the peer (and by us, to wake our own waiters).
-    waiter: Waiter,
+    /// Rung (with our relid) to wake the peer.
+    link: Arc<Link>,
+    relid: u32,
+    /// Where we wait for the peer's signals.
+    bell: Arc<Doorbell>,
+    /// Fired by the peer's signals (and by us, to wake our own waiters).
+    signal: Arc<Signal>,
     gone: Mutex<Option<Gone>>,
     mapping: Arc<Mapping>,
     /// Where the count of bytes we wrote lives (informational, for stat).
@@ -78,14 +82,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ChannelIo {
-    /// Attaches to the rings of a channel. `incoming` is the eventfd the
-    /// peer signals, `outgoing` the one we signal.
+    /// Attaches to the rings of a channel whose signals travel on `link`
+    /// with bit `relid`, waiting on `bell`.
     pub(crate) fn new(
         side: Side,
         mapping: Arc<Mapping>,
         layout: RingLayout,
-        incoming: EventFd,
-        outgoing: EventFd,
+        bell: &Arc<Doorbell>,
+        link: Arc<Link>,
+        relid: u32,
     ) -> io::Result<Self> {
         let g2h = layout.guest_to_host_pages as usize;
         let h2g = (layout.total_pages - layout.guest_to_host_pages) as usize;
@@ -122,6 +127,7 @@ impl ChannelIo {
         .min(writer.data_size() - 8);
         writer.set_pending_send_size(pending);
         let reader = RingReader::new(rx_mem, MAX_RECV_PACKET as u32).map_err(attach)?;
+        let signal = bell.register(&link, relid)?;
         Ok(Self {
             tx: Mutex::new(Tx {
                 writer: PipeWriter::new(writer, max_send as u32),
@@ -132,8 +138,10 @@ impl ChannelIo {
                 reader: PipeReader::new(reader, MAX_RECV_DATA as u32),
                 shut: false,
             }),
-            peer: outgoing,
-            waiter: Waiter::new(incoming),
+            link,
+            relid,
+            bell: bell.clone(),
+            signal,
             gone: Mutex::new(None),
             mapping,
             counter_offset: tx_offset + BYTES_WRITTEN_OFFSET,
@@ -142,10 +150,25 @@ impl ChannelIo {
         })
     }
 
-    /// The eventfd that becomes readable when the peer signals (data or
-    /// space). Edge-triggered: read or write until `WouldBlock` first.
-    pub(crate) fn readiness(&self) -> &EventFd {
-        self.waiter.event()
+    /// A descriptor that becomes readable when the peer signals (data or
+    /// space), made on first use. Edge-triggered: read or write until
+    /// `WouldBlock` first.
+    pub(crate) fn readiness(&self) -> io::Result<&EventFd> {
+        self.bell.readiness(&self.signal)
+    }
+
+    /// Wakes `waker` on the next signal for this channel (data, space, the
+    /// end). Take [`ChannelIo::generation`] before the attempt that failed,
+    /// and give up waiting if it moved.
+    pub(crate) fn register_waker(&self, waker: &std::task::Waker) -> io::Result<()> {
+        self.signal.register(waker);
+        // Nobody else may be polling for the peer's signals.
+        self.bell.ensure_poller()
+    }
+
+    /// How many times this channel was signalled so far.
+    pub(crate) fn generation(&self) -> u64 {
+        self.signal.generation()
     }
 
     /// Spin for up to `spin` before sleeping (busy-poll), or never.
@@ -156,13 +179,13 @@ impl ChannelIo {
 
     /// Wakes everyone waiting on this channel, to re-check.
     pub(crate) fn wake(&self) {
-        self.waiter.wake();
+        self.bell.wake(&self.signal);
     }
 
     /// The peer is gone: wakes everyone waiting on this channel.
     pub(crate) fn mark_gone(&self, gone: Gone) {
         lock(&self.gone).get_or_insert(gone);
-        self.waiter.wake();
+        self.wake();
     }
 
     /// The peer broke the ring protocol: the whole connection is reset.
@@ -180,7 +203,7 @@ impl ChannelIo {
     }
 
     fn signal_peer(&self) -> io::Result<()> {
-        self.peer.signal().map_err(shm_io)
+        self.link.ring(self.relid)
     }
 
     /// Reads stream bytes; `Ok(0)` is the end of the stream.
@@ -268,9 +291,9 @@ impl ChannelIo {
             if opts.nonblocking {
                 // Take the pending signal first, so that a caller who polls
                 // the readiness fd is woken by the next one.
-                self.waiter.drain()?;
+                self.signal.drain_readiness()?;
             }
-            let seen = self.waiter.generation();
+            let seen = self.signal.generation();
             if let Some(done) = attempt(self)? {
                 return Ok(done);
             }
@@ -286,7 +309,7 @@ impl ChannelIo {
                     continue;
                 }
             }
-            if !self.waiter.wait(seen, opts.deadline)? {
+            if !self.bell.wait(&self.signal, seen, opts.deadline)? {
                 return Err(err(
                     io::ErrorKind::TimedOut,
                     "timed out waiting for the peer",
@@ -414,12 +437,19 @@ impl ChannelIo {
     /// Refuses further reads (they return end of stream); sends nothing.
     pub(crate) fn shutdown_read(&self) {
         lock(&self.rx).shut = true;
-        self.waiter.wake();
+        self.wake();
     }
 
     /// Stream bytes written so far.
     pub(crate) fn bytes_written(&self) -> u64 {
         lock(&self.tx).bytes
+    }
+}
+
+impl Drop for ChannelIo {
+    fn drop(&mut self) {
+        self.bell
+            .unregister(self.link.id(), self.relid, &self.signal);
     }
 }
 
@@ -453,17 +483,13 @@ impl Wait {
     }
 }
 
-/// Ring memory and eventfds a guest prepares before opening a channel: it
-/// owns the memory, as on Hyper-V.
+/// Ring memory a guest prepares before opening a channel: it owns the
+/// memory, as on Hyper-V.
 #[derive(Debug)]
 pub(crate) struct PreparedRings {
     pub(crate) mapping: Arc<Mapping>,
     pub(crate) memfd: Arc<std::os::fd::OwnedFd>,
     pub(crate) layout: RingLayout,
-    /// The guest signals it; the host waits on it.
-    pub(crate) to_host: EventFd,
-    /// The host signals it; the guest waits on it.
-    pub(crate) to_guest: EventFd,
 }
 
 impl PreparedRings {
@@ -491,45 +517,34 @@ impl PreparedRings {
                 total_pages: total,
                 guest_to_host_pages: send_pages,
             },
-            to_host: EventFd::new().map_err(shm_io)?,
-            to_guest: EventFd::new().map_err(shm_io)?,
         })
     }
 
-    /// Copies of the eventfds to send with OPENCHANNEL.
-    pub(crate) fn eventfds_to_send(
-        &self,
-    ) -> io::Result<(Arc<std::os::fd::OwnedFd>, Arc<std::os::fd::OwnedFd>)> {
-        use std::os::fd::AsFd;
-        Ok((
-            Arc::new(self.to_host.as_fd().try_clone_to_owned()?),
-            Arc::new(self.to_guest.as_fd().try_clone_to_owned()?),
-        ))
-    }
-
-    /// The guest's end of the channel.
-    pub(crate) fn into_guest_io(self) -> io::Result<ChannelIo> {
-        ChannelIo::new(
-            Side::Guest,
-            self.mapping,
-            self.layout,
-            self.to_guest,
-            self.to_host,
-        )
+    /// The guest's end of channel `relid`, signalled through `link`.
+    pub(crate) fn into_guest_io(
+        self,
+        bell: &Arc<Doorbell>,
+        link: Arc<Link>,
+        relid: u32,
+    ) -> io::Result<ChannelIo> {
+        ChannelIo::new(Side::Guest, self.mapping, self.layout, bell, link, relid)
     }
 }
 
-/// The host's end of a channel whose memfd and eventfds arrived from the
-/// host daemon: validates the memfd (sealed, large enough) before mapping.
+/// The host's end of channel `relid`, whose memfd arrived from the host
+/// daemon: validates the memfd (sealed, large enough) before mapping.
 pub(crate) fn host_io(
     layout: RingLayout,
     mut fds: Vec<std::os::fd::OwnedFd>,
+    bell: &Arc<Doorbell>,
+    link: Arc<Link>,
+    relid: u32,
 ) -> io::Result<ChannelIo> {
-    if fds.len() != 3 {
+    if fds.len() != 1 {
         return Err(err(
             io::ErrorKind::InvalidData,
             format!(
-                "the host sent {} file descriptors for a channel, not 3",
+                "the host sent {} file descriptors for a channel, not 1",
                 fds.len()
             ),
         ));
@@ -540,15 +555,13 @@ pub(crate) fn host_io(
             format!("invalid ring layout {layout:?}"),
         ));
     }
-    let to_guest = EventFd::from_fd(fds.pop().expect("3 fds")).map_err(shm_io)?;
-    let to_host = EventFd::from_fd(fds.pop().expect("3 fds")).map_err(shm_io)?;
     let memory = hvsock_shm::SharedMemory::from_fd(
-        fds.pop().expect("3 fds"),
+        fds.pop().expect("1 fd"),
         layout.total_pages as usize * PAGE_SIZE,
     )
     .map_err(shm_io)?;
     let mapping = Arc::new(Mapping::new(&memory).map_err(shm_io)?);
-    ChannelIo::new(Side::Host, mapping, layout, to_host, to_guest)
+    ChannelIo::new(Side::Host, mapping, layout, bell, link, relid)
 }
 
 #[cfg(test)]

@@ -28,7 +28,8 @@ use vmbus::messages::VERSION_WIN10_V5;
 use vmbus::Guid;
 
 use crate::addr::EphemeralPorts;
-use crate::channel::{host_io, ChannelIo, Gone, PreparedRings};
+use crate::channel::{host_io, ChannelIo, Gone, PreparedRings, Side};
+use crate::doorbell::{Doorbell, Link};
 use crate::error::{err, shm_io};
 use crate::wait::Waiter;
 
@@ -146,6 +147,8 @@ enum GuestChannel {
     Opening {
         rings: PreparedRings,
         purpose: Purpose,
+        /// The signal link the host named for it (before its open result).
+        link: Option<u64>,
     },
     /// Open; `released` once the application dropped it.
     Open {
@@ -214,6 +217,9 @@ struct HostState {
 struct State {
     /// Why the control connection is gone, once it is.
     dead: Option<String>,
+    /// Signal links the host sent that we refused, and why (for the errors
+    /// of the channels that name them).
+    refused_links: HashMap<u64, String>,
     guest: GuestState,
     host: HostState,
 }
@@ -226,6 +232,8 @@ struct Shared {
     /// Notified on every change application threads may wait for.
     changed: Condvar,
     stop: EventFd,
+    /// The signal links to our peers and the channels waiting on them.
+    bell: Arc<Doorbell>,
 }
 
 #[derive(Debug)]
@@ -236,6 +244,7 @@ struct Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
+        self.shared.bell.stop();
         let _ = self.shared.stop.signal();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -259,6 +268,7 @@ impl Endpoint {
             state: Mutex::default(),
             changed: Condvar::new(),
             stop: EventFd::new().map_err(shm_io)?,
+            bell: Doorbell::new()?,
         });
         let thread = {
             let shared = shared.clone();
@@ -730,25 +740,22 @@ impl Shared {
             let _ = state.guest.client.close(relid);
             return;
         };
-        let prepared = PreparedRings::create(send, recv).and_then(|rings| {
-            let (to_host, to_guest) = rings.eventfds_to_send()?;
-            Ok((rings, to_host, to_guest))
-        });
-        match prepared {
-            Ok((rings, to_host, to_guest)) => {
-                let opened = state.guest.client.open(
-                    relid,
-                    rings.memfd.clone(),
-                    rings.layout,
-                    to_host,
-                    to_guest,
-                );
+        match PreparedRings::create(send, recv) {
+            Ok(rings) => {
+                let opened = state
+                    .guest
+                    .client
+                    .open(relid, rings.memfd.clone(), rings.layout);
                 match opened {
                     Ok(()) => {
-                        state
-                            .guest
-                            .channels
-                            .insert(relid, GuestChannel::Opening { rings, purpose });
+                        state.guest.channels.insert(
+                            relid,
+                            GuestChannel::Opening {
+                                rings,
+                                purpose,
+                                link: None,
+                            },
+                        );
                     }
                     Err(e) => {
                         tracing::warn!(relid, "cannot open an offered channel: {e}");
@@ -777,12 +784,25 @@ impl Shared {
         let Some(GuestChannel::Opening { .. }) = state.guest.channels.get(&relid) else {
             return;
         };
-        let Some(GuestChannel::Opening { rings, purpose }) = state.guest.channels.remove(&relid)
+        let Some(GuestChannel::Opening {
+            rings,
+            purpose,
+            link,
+        }) = state.guest.channels.remove(&relid)
         else {
             return;
         };
         let io = if status == 0 {
-            rings.into_guest_io()
+            match link {
+                Some(id) => match self.link(state, id) {
+                    Ok(link) => rings.into_guest_io(&self.bell, link, relid),
+                    Err(e) => Err(err(io::ErrorKind::ConnectionRefused, e.to_string())),
+                },
+                None => Err(err(
+                    io::ErrorKind::ConnectionRefused,
+                    format!("the host opened channel {relid} without naming a signal link for it"),
+                )),
+            }
         } else {
             Err(err(
                 io::ErrorKind::ConnectionRefused,
@@ -991,13 +1011,26 @@ impl Shared {
                 return;
             }
             if !fds[0].revents().is_empty() {
-                match hvsock_shm::recv_with_fds(&self.sock, &mut buf, 4) {
-                    Ok((0, _)) => {
+                match hvsock_shm::recv_message(&self.sock, &mut buf, 4) {
+                    Ok(received) if received.len == 0 => {
                         let mut state = self.lock();
                         self.die(&mut state, "the hvsock host closed the connection".into());
                         return;
                     }
-                    Ok((n, fds)) => self.received(&buf[..n], fds),
+                    Ok(received) => {
+                        if let Some(arrived) = received.fds_lost {
+                            // Most likely out of descriptors (RLIMIT_NOFILE):
+                            // the message goes on without them and fails on
+                            // its own (one channel refused), instead of the
+                            // whole connection to the host.
+                            tracing::warn!(
+                                arrived,
+                                "a message from the host lost its file descriptors \
+                                 (is this process out of descriptors? raise `ulimit -n`)"
+                            );
+                        }
+                        self.received(&buf[..received.len], received.fds)
+                    }
                     Err(e) => {
                         let mut state = self.lock();
                         self.die(
@@ -1036,6 +1069,30 @@ impl Shared {
 
     fn ext_event(&self, state: &mut State, event: ExtEvent, fds: Vec<OwnedFd>) {
         match event {
+            ExtEvent::Link { link } => {
+                let side = match self.role {
+                    Role::Guest => Side::Guest,
+                    Role::Host => Side::Host,
+                };
+                // A refused link's channels fail to open, each with its error.
+                if let Err(e) =
+                    Link::from_fds(link, side, fds).and_then(|new| self.bell.add_link(new))
+                {
+                    tracing::warn!(link, "refusing a signal link from the host: {e}");
+                    state.refused_links.insert(link, e.to_string());
+                }
+            }
+            ExtEvent::LinkClosed { link } => {
+                state.refused_links.remove(&link);
+                self.bell.remove_link(link);
+            }
+            ExtEvent::ChannelLink { relid, link } => {
+                if let Some(GuestChannel::Opening { link: slot, .. }) =
+                    state.guest.channels.get_mut(&relid)
+                {
+                    *slot = Some(link);
+                }
+            }
             ExtEvent::GuestListenResult { port, error } => {
                 if let Some(slot) = state.guest.listen_results.get_mut(&port) {
                     *slot = Some(error.map_or(Ok(()), Err));
@@ -1055,12 +1112,15 @@ impl Shared {
             ExtEvent::HostConnected {
                 request,
                 conn,
+                relid,
+                link,
                 vm_id,
                 endpoint_id,
                 layout,
             } => {
                 let wanted = matches!(state.host.connects.get(&request), Some(None));
-                let result = self.host_channel(state, conn, layout, fds).map(|io| Ready {
+                let opened = self.host_channel(state, conn, layout, fds, relid, link);
+                let result = opened.map(|io| Ready {
                     io,
                     key: ChannelKey::Conn(conn),
                     ends: Ends {
@@ -1071,6 +1131,10 @@ impl Shared {
                 });
                 match (wanted, result) {
                     (true, result) => {
+                        if result.is_err() {
+                            // Unusable: hand the channel back at once.
+                            self.send_ext(state, &ExtRequest::HostClose { conn });
+                        }
                         state.host.connects.insert(request, Some(result));
                         self.changed.notify_all();
                     }
@@ -1096,6 +1160,8 @@ impl Shared {
             }
             ExtEvent::HostIncoming {
                 conn,
+                relid,
+                link,
                 service_id,
                 listener_vm_id,
                 vm_id,
@@ -1109,7 +1175,7 @@ impl Shared {
                     .cloned();
                 let io = match listener {
                     Some(ref listener) if listener.has_room(0) => {
-                        self.host_channel(state, conn, layout, fds)
+                        self.host_channel(state, conn, layout, fds, relid, link)
                     }
                     _ => Err(err(io::ErrorKind::ConnectionRefused, "no room")),
                 };
@@ -1145,6 +1211,20 @@ impl Shared {
         }
     }
 
+    /// The signal link `id` the host named for a channel.
+    fn link(&self, state: &State, id: u64) -> io::Result<Arc<Link>> {
+        self.bell.link(id).ok_or_else(|| {
+            let why = match state.refused_links.get(&id) {
+                Some(reason) => format!("whose descriptors were refused: {reason}"),
+                None => "which it never sent (or whose peer is gone)".into(),
+            };
+            err(
+                io::ErrorKind::InvalidData,
+                format!("the host named signal link {id}, {why}"),
+            )
+        })
+    }
+
     /// Maps a channel the host handed over and remembers it for revokes.
     fn host_channel(
         &self,
@@ -1152,8 +1232,11 @@ impl Shared {
         conn: u64,
         layout: RingLayout,
         fds: Vec<OwnedFd>,
+        relid: u32,
+        link: u64,
     ) -> io::Result<Arc<ChannelIo>> {
-        let io = Arc::new(host_io(layout, fds)?);
+        let link = self.link(state, link)?;
+        let io = Arc::new(host_io(layout, fds, &self.bell, link, relid)?);
         state.host.conns.insert(conn, io.clone());
         Ok(io)
     }
@@ -1196,7 +1279,7 @@ fn describe(message: &vmbus::Message) -> String {
         | M::CloseChannel { child_relid }
         | M::RelidReleased { child_relid } => format!("{name} relid {child_relid}"),
         M::OpenChannel(o) => format!(
-            "{name} relid {} gpadl {:#x} downstream page offset {} (+ 2 eventfds)",
+            "{name} relid {} gpadl {:#x} downstream page offset {}",
             o.child_relid, o.ringbuffer_gpadlhandle, o.downstream_ringbuffer_pageoffset
         ),
         M::OpenChannelResult {
@@ -1255,11 +1338,17 @@ fn describe_event(event: &ExtEvent) -> String {
     match event {
         ExtEvent::HostConnected { conn, layout, .. }
         | ExtEvent::HostIncoming { conn, layout, .. } => format!(
-            "connection {conn} ready: rings of {} + {} pages (+ memfd and 2 eventfds)",
+            "connection {conn} ready: rings of {} + {} pages (+ memfd)",
             layout.guest_to_host_pages,
             layout.total_pages - layout.guest_to_host_pages
         ),
         ExtEvent::HostRevoked { conn, reason } => format!("connection {conn} revoked: {reason}"),
+        ExtEvent::Link { link } => {
+            format!("signal link {link} (+ flags memfd and 2 eventfds)")
+        }
+        ExtEvent::ChannelLink { relid, link } => {
+            format!("channel {relid} signals through link {link}")
+        }
         ExtEvent::GuestListenResult { port, error } => match error {
             None => format!("listening on port {port}"),
             Some(e) => format!("cannot listen on port {port}: {e}"),

@@ -7,6 +7,7 @@
 pub mod addr;
 mod blocking;
 mod channel;
+mod doorbell;
 mod endpoint;
 mod error;
 pub mod hybrid;

@@ -2,12 +2,15 @@
 //! [`HvStream`] with `accept().await`, `AsyncRead` and `AsyncWrite`, and
 //! read/write halves.
 //!
-//! Built on the blocking API's non-blocking attempts; readiness comes from
-//! the channel's incoming eventfd through `AsyncFd`, so no thread waits per
-//! connection. The reading and writing sides register their own duplicate
-//! of the eventfd: one signal wakes both (it means data *or* space), and
-//! each re-checks its own condition. Setting up (connect, bind) waits for
-//! the host on a blocking-pool thread.
+//! Built on the blocking API's non-blocking attempts. A stream that would
+//! block registers the task's waker with its channel's signal, which fires
+//! when the peer signals the channel (one thread per process watches the
+//! peers' signals for every such stream, see `doorbell`), so no thread and
+//! no descriptor is spent per connection. The reading and writing sides
+//! register on the same signal (it means data *or* space) and each
+//! re-checks its own condition. A listener's queue is watched through its
+//! eventfd with `AsyncFd`. Setting up (connect, bind) waits for the host on
+//! a blocking-pool thread.
 
 use std::io;
 use std::net::Shutdown;
@@ -21,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::addr::{HvAddr, VsockAddr};
 use crate::blocking::{self, ConnectOptions, Guest, Host, Listener, Stream};
-use crate::channel::Wait;
+use crate::channel::{ChannelIo, Wait};
 
 const NONBLOCKING: Wait = Wait {
     nonblocking: true,
@@ -38,65 +41,52 @@ fn async_fd(fd: impl AsFd) -> io::Result<AsyncFd<OwnedFd>> {
     AsyncFd::new(fd.as_fd().try_clone_to_owned()?)
 }
 
-/// A stream and its two readiness registrations.
+/// A stream shared by the stream type and its halves.
 #[derive(Debug)]
 struct Inner {
     stream: Stream,
-    read_ready: AsyncFd<OwnedFd>,
-    write_ready: AsyncFd<OwnedFd>,
 }
 
 impl Inner {
-    fn new(stream: Stream) -> io::Result<Arc<Self>> {
-        let event = stream.io().readiness();
-        let inner = Arc::new(Self {
-            read_ready: async_fd(event)?,
-            write_ready: async_fd(event)?,
-            stream,
-        });
-        // A registration reports readiness only on the next signal, and
-        // data or space may be there already: signal once ourselves so that
-        // both sides make a first attempt.
-        inner.stream.io().wake();
-        Ok(inner)
+    fn new(stream: Stream) -> Arc<Self> {
+        Arc::new(Self { stream })
+    }
+
+    /// Makes one non-blocking `attempt`; if it would block, arranges for the
+    /// task to be woken by the channel's next signal.
+    fn poll_io<T>(
+        &self,
+        cx: &mut Context<'_>,
+        mut attempt: impl FnMut(&ChannelIo) -> io::Result<T>,
+    ) -> Poll<io::Result<T>> {
+        let io = self.stream.io();
+        loop {
+            // Taken before the attempt: a signal between the attempt and
+            // the registration moves it, and we try again.
+            let seen = io.generation();
+            match attempt(io) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => return Poll::Ready(other),
+            }
+            io.register_waker(cx.waker())?;
+            if io.generation() == seen {
+                return Poll::Pending;
+            }
+        }
     }
 
     fn poll_read(&self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        loop {
-            let mut guard = ready!(self.read_ready.poll_read_ready(cx))?;
-            match self
-                .stream
-                .io()
-                .read(buf.initialize_unfilled(), NONBLOCKING)
-            {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        let n = ready!(self.poll_io(cx, |io| io.read(buf.initialize_unfilled(), NONBLOCKING)))?;
+        buf.advance(n);
+        Poll::Ready(Ok(()))
     }
 
     fn poll_write(&self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        loop {
-            let mut guard = ready!(self.write_ready.poll_read_ready(cx))?;
-            match self.stream.io().write(buf, NONBLOCKING) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
-                other => return Poll::Ready(other),
-            }
-        }
+        self.poll_io(cx, |io| io.write(buf, NONBLOCKING))
     }
 
     async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let mut guard = self.read_ready.readable().await?;
-            match self.stream.io().peek(buf, NONBLOCKING) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
-                other => return other,
-            }
-        }
+        std::future::poll_fn(|cx| self.poll_io(cx, |io| io.peek(buf, NONBLOCKING))).await
     }
 }
 
@@ -119,7 +109,7 @@ macro_rules! async_stream {
         impl $name {
             /// Wraps a blocking stream.
             pub fn from_std(stream: $blocking) -> io::Result<Self> {
-                Ok(Self(Inner::new(stream.0)?))
+                Ok(Self(Inner::new(stream.0)))
             }
 
             /// The peer's address.
@@ -291,7 +281,7 @@ macro_rules! async_listener {
             pub async fn accept(&self) -> io::Result<($stream, $addr)> {
                 let stream = $stream(Inner::new(
                     accept(&self.listener.inner, &self.ready).await?,
-                )?);
+                ));
                 let peer = stream.peer_addr()?;
                 Ok((stream, peer))
             }

@@ -10,8 +10,13 @@
 //!   breaks the protocol, keeps its channel and still answers a proper offer.
 //! - A GPADL whose memfd is smaller than claimed, or not sealed against
 //!   shrinking, is refused; a memfd we made cannot be truncated, so nothing
-//!   mapped can SIGBUS; descriptors that are not eventfds in OPENCHANNEL fail
-//!   that connection only.
+//!   mapped can SIGBUS.
+//! - OPENCHANNEL carries no descriptors (signals travel over the host's
+//!   per-pair links): one that comes with any, of any kind, drops that guest
+//!   process only, before anything opens.
+//!
+//! Hostile signal links (bad link descriptors, unknown link ids, floods of
+//! the link's eventfd and bitmaps) are in `hostile_signals.rs`.
 
 mod common;
 
@@ -24,8 +29,7 @@ use hvsock::{Guest, Guid, Host, HvAddr, HvListener, VsockAddr, VsockListener, Vs
 use hvsock_shm::{recv_with_fds, send_with_fds, EventFd, Mapping, SharedMemory, PAGE_SIZE};
 use rustix::net::sockopt::{set_socket_timeout, Timeout};
 use vmbus::ext::{encode_ext, Datagram, ExtEvent, ExtRequest, EXT_MESSAGE_TYPE};
-use vmbus::messages::{HvsockParams, HVSOCK_PARAMS_VERSION_RS5, PIPE_MODE_BYTE};
-use vmbus::{Gpadl, Message, OfferChannel, OpenChannel, VersionResponse};
+use vmbus::{Gpadl, Message};
 
 /// Message types to try: every VMBus type and a few beyond.
 fn types() -> Vec<u32> {
@@ -115,104 +119,6 @@ fn every_type_at_every_length_to_the_daemon() {
 
 // ---- a fake host against a guest endpoint -------------------------------
 
-/// A listening socket standing in for a VM's socket: the guest endpoint
-/// connects to it and we play the host.
-struct FakeHost {
-    _dir: tempfile::TempDir,
-    host_socket: std::path::PathBuf,
-    listener: OwnedFd,
-}
-
-impl FakeHost {
-    fn new() -> FakeHost {
-        use rustix::net::{bind, listen, socket, AddressFamily, SocketAddrUnix, SocketType};
-        let dir = tempfile::tempdir().unwrap();
-        let host_socket = dir.path().join("host.sock");
-        // Guest::connect_daemon_at refuses a missing VM only if the host
-        // socket exists; create neither, just the VM socket.
-        let vm = vmbus::daemon::vm_socket_path(&host_socket, "alpha");
-        let listener = socket(AddressFamily::UNIX, SocketType::SEQPACKET, None).unwrap();
-        bind(&listener, &SocketAddrUnix::new(&vm).unwrap()).unwrap();
-        listen(&listener, 8).unwrap();
-        FakeHost {
-            _dir: dir,
-            host_socket,
-            listener,
-        }
-    }
-
-    /// Starts a guest endpoint (on a thread, since it waits for our
-    /// answers) and plays the host's side of contact.
-    fn guest(&self) -> (Guest, OwnedFd) {
-        let path = self.host_socket.clone();
-        let joining = std::thread::spawn(move || Guest::connect_daemon_at(&path, "alpha"));
-        let conn = rustix::net::accept(&self.listener).unwrap();
-        set_socket_timeout(&conn, Timeout::Recv, Some(HANG)).unwrap();
-        loop {
-            match recv_request(&conn).expect("the guest hung up") {
-                (Datagram::Vmbus(Message::InitiateContact(_)), _) => {
-                    send_vmbus(
-                        &conn,
-                        &Message::VersionResponse(VersionResponse {
-                            version_supported: true,
-                            connection_state: 0,
-                            msg_conn_id: 4,
-                            ext: vmbus::VersionResponseExt::None,
-                        }),
-                        &[],
-                    );
-                }
-                (Datagram::Vmbus(Message::RequestOffers), _) => {
-                    send_vmbus(&conn, &Message::AllOffersDelivered, &[]);
-                    break;
-                }
-                other => panic!("unexpected during contact: {other:?}"),
-            }
-        }
-        (joining.join().unwrap().expect("the guest joins"), conn)
-    }
-}
-
-fn offer(relid: u32, port: u32, host_endpoint: u32) -> Message {
-    Message::OfferChannel(OfferChannel::hvsock(
-        relid,
-        Guid::from_vsock_port(port),
-        Guid::from_vsock_port(host_endpoint),
-        &HvsockParams {
-            pipe_mode: PIPE_MODE_BYTE,
-            is_for_guest_accept: true,
-            is_for_guest_container: false,
-            version: HVSOCK_PARAMS_VERSION_RS5,
-            silo_id: Guid::ZERO,
-        },
-    ))
-}
-
-/// The next datagram from the guest endpoint, or `None` if it hung up.
-#[track_caller]
-fn recv_request(conn: &OwnedFd) -> Option<(Datagram<ExtRequest>, Vec<OwnedFd>)> {
-    let mut buf = vec![0u8; vmbus::ext::MAX_DATAGRAM];
-    let (n, fds) = recv_with_fds(conn, &mut buf, 3).expect("a datagram within the timeout");
-    if n == 0 {
-        return None;
-    }
-    Some((
-        Datagram::decode(&buf[..n]).expect("a decodable request"),
-        fds,
-    ))
-}
-
-/// The next VMBus message from the guest, skipping extension requests.
-#[track_caller]
-fn next_vmbus(conn: &OwnedFd) -> (Message, Vec<OwnedFd>) {
-    loop {
-        match recv_request(conn).expect("the guest hung up") {
-            (Datagram::Vmbus(m), fds) => return (m, fds),
-            (Datagram::Ext(_), _) => continue,
-        }
-    }
-}
-
 #[test]
 fn a_fake_host_cannot_break_a_guest_endpoint() {
     let fake = FakeHost::new();
@@ -238,7 +144,7 @@ fn a_fake_host_cannot_break_a_guest_endpoint() {
 
     // An offer, and the same relid offered again while in use.
     send_vmbus(&conn, &offer(7, 5000, 0x9000), &[]);
-    let (first, fds) = next_vmbus(&conn);
+    let (first, fds) = next_guest_vmbus(&conn);
     assert!(
         matches!(first, Message::GpadlHeader(ref h) if h.child_relid() == 7),
         "{first:?}"
@@ -265,7 +171,7 @@ fn a_fake_host_cannot_break_a_guest_endpoint() {
     let deadline = Instant::now() + HANG;
     loop {
         assert!(Instant::now() < deadline, "no GPADL for relid 8");
-        let (m, _) = next_vmbus(&conn);
+        let (m, _) = next_guest_vmbus(&conn);
         if let Message::GpadlHeader(h) = &m {
             if h.child_relid() == 8 {
                 break;
@@ -365,94 +271,140 @@ fn bad_memfds_are_refused_and_ours_cannot_shrink() {
     let _rings = g.open(relid, 12);
 }
 
+/// The datagrams the daemon sends `fd` until it closes it; fails if it
+/// does not close it within [`HANG`].
+#[track_caller]
+fn until_dropped(fd: &OwnedFd, what: &str) -> Vec<Datagram<ExtEvent>> {
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + HANG;
+    let mut buf = vec![0u8; vmbus::ext::MAX_DATAGRAM];
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the daemon kept the guest; it sent {seen:?}"
+        );
+        match recv_with_fds(fd, &mut buf, 4) {
+            Ok((0, _)) => return seen,
+            Ok((n, _)) => seen.push(Datagram::decode(&buf[..n]).unwrap()),
+            Err(hvsock_shm::Error::Os { source, .. }) => match source.kind() {
+                ErrorKind::WouldBlock => {}
+                // A reset is as good as a close.
+                ErrorKind::ConnectionReset => return seen,
+                _ => panic!("{what}: {source}"),
+            },
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+}
+
+/// OPENCHANNEL carries no descriptor (signals travel over the link the
+/// host makes for each pair of processes): one that comes with any is a
+/// guest of another protocol or a hostile one, and the daemon drops it
+/// before anything opens. The host process never hears of the channel, and
+/// other guests of the VM, raw or real, go on.
 #[test]
-fn descriptors_that_are_not_eventfds_fail_that_connection_only() {
+fn openchannel_with_descriptors_drops_that_guest_only() {
     let d = TestDaemon::start(&["alpha"]);
     let root = Host::connect_daemon_at(&d.socket).unwrap();
     let listener = HvListener::bind(&root, HvAddr::from_vsock_port(Guid::ZERO, 7100)).unwrap();
     listener.set_nonblocking(true).unwrap();
+    // Bystanders: a real guest process and a raw one, each with a stream to
+    // the same host process.
     let guest = Guest::connect_daemon_at(&d.socket, "alpha").unwrap();
     let by_listener = HvListener::bind(&root, HvAddr::from_vsock_port(Guid::ZERO, 7101)).unwrap();
     let mut by_guest = VsockStream::connect(&guest, VsockAddr::new(2, 7101)).unwrap();
     let (mut by_host, _) = by_listener.accept().unwrap();
+    by_guest.set_read_timeout(Some(HANG)).unwrap();
+    by_host.set_read_timeout(Some(HANG)).unwrap();
+    let mut raw_by = RawGuest::contact(&d.vm_socket("alpha"));
+    let relid = raw_by.tl_connect(0x5fff, 7101);
+    let raw_by_rings = raw_by.open(relid, 12);
+    let mut raw_by_stream = raw_by_rings.stream();
+    let (mut raw_by_host, _) = by_listener.accept().unwrap();
+    raw_by_host.set_read_timeout(Some(HANG)).unwrap();
 
-    type MakePair = fn() -> (OwnedFd, OwnedFd);
-    let kinds: [(&str, MakePair); 3] = [
+    type Make = fn() -> Vec<OwnedFd>;
+    let kinds: [(&str, Make); 6] = [
+        ("two eventfds, as the older protocol sent", || {
+            vec![
+                EventFd::new().unwrap().into_fd(),
+                EventFd::new().unwrap().into_fd(),
+            ]
+        }),
+        ("one eventfd", || vec![EventFd::new().unwrap().into_fd()]),
         ("two memfds", || {
             let a = SharedMemory::create("a", PAGE_SIZE).unwrap().into_fd();
             let b = SharedMemory::create("b", PAGE_SIZE).unwrap().into_fd();
-            (a, b)
+            vec![a, b]
         }),
         ("a non-blocking socket pair", || {
             use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
-            socketpair(
+            let (a, b) = socketpair(
                 AddressFamily::UNIX,
                 SocketType::STREAM,
                 SocketFlags::NONBLOCK,
                 None,
             )
-            .unwrap()
+            .unwrap();
+            vec![a, b]
         }),
         ("blocking eventfds", || {
             let a = rustix::event::eventfd(0, rustix::event::EventfdFlags::empty()).unwrap();
             let b = rustix::event::eventfd(0, rustix::event::EventfdFlags::empty()).unwrap();
-            (a, b)
+            vec![a, b]
+        }),
+        ("three descriptors (a whole link's worth)", || {
+            vec![
+                SharedMemory::create("flags", vmbus::ext::LINK_FLAGS_BYTES)
+                    .unwrap()
+                    .into_fd(),
+                EventFd::new().unwrap().into_fd(),
+                EventFd::new().unwrap().into_fd(),
+            ]
         }),
     ];
     for (i, (what, make)) in kinds.iter().enumerate() {
         let mut g = RawGuest::contact(&d.vm_socket("alpha"));
         let relid = g.tl_connect(0x6000 + i as u32, 7100);
-        let memory = SharedMemory::create("rings", 12 * PAGE_SIZE).unwrap();
-        let answer = gpadl_with(&g, relid, 12, &memory.into_fd());
-        assert!(
-            matches!(
-                answer,
-                Some(Message::GpadlCreated {
-                    creation_status: 0,
-                    ..
-                })
-            ),
-            "{answer:?}"
-        );
-        let (a, b) = make();
-        send_vmbus(
-            &g.sock,
-            &Message::OpenChannel(OpenChannel {
-                child_relid: relid,
-                openid: relid,
-                ringbuffer_gpadlhandle: 0x77,
-                target_vp: 0,
-                downstream_ringbuffer_pageoffset: 6,
-                userdata: [0; 120],
-                guest_signal: None,
-            }),
-            &[&a, &b],
-        );
-        // Whatever the daemon answers, the host process must not hang on
-        // this connection: either it never surfaces, or it fails at once.
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while Instant::now() < deadline {
-            match listener.accept() {
-                Ok((mut s, _)) => {
-                    // Nothing was written: a read would wait. Ask without
-                    // waiting; neither call may hang or take us down.
-                    s.set_nonblocking(true).unwrap();
-                    let started = Instant::now();
-                    let mut buf = [0u8; 8];
-                    let r = std::io::Read::read(&mut s, &mut buf);
-                    let w = std::io::Write::write(&mut s, b"x");
-                    assert!(started.elapsed() < HANG, "{what}: the stream hung");
-                    // A write may succeed (the ring is fine); signalling a
-                    // non-eventfd must not take the process down.
-                    let _ = (r, w);
-                    break;
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                Err(e) => panic!("{what}: the listener failed: {e}"),
-            }
+        let (_rings, handle) = g.gpadl(relid, 12);
+        let fds = make();
+        let borrowed: Vec<&dyn std::os::fd::AsFd> =
+            fds.iter().map(|f| f as &dyn std::os::fd::AsFd).collect();
+        send_vmbus(&g.sock, &open_channel(relid, handle, 6), &borrowed);
+        let seen = until_dropped(&g.sock, what);
+        for datagram in &seen {
+            assert!(
+                !matches!(
+                    datagram,
+                    Datagram::Vmbus(Message::OpenChannelResult { status: 0, .. })
+                        | Datagram::Ext(ExtEvent::Link { .. } | ExtEvent::ChannelLink { .. })
+                ),
+                "{what}: the channel opened: {seen:?}"
+            );
+        }
+        // The host process never hears of it.
+        std::thread::sleep(Duration::from_millis(50));
+        match listener.accept() {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Ok(_) => panic!("{what}: the host process got the connection"),
+            Err(e) => panic!("{what}: the listener failed: {e}"),
         }
         assert_moves_data(&mut by_guest, &mut by_host, what);
+        assert_raw_moves_data(&mut raw_by_stream, &mut raw_by_host, what);
     }
+    // A proper OPENCHANNEL, without descriptors, still opens.
+    let mut g = RawGuest::contact(&d.vm_socket("alpha"));
+    let relid = g.tl_connect(0x6100, 7100);
+    let rings = g.open(relid, 12);
+    let mut stream = rings.stream();
+    listener.set_nonblocking(false).unwrap();
+    let (mut h, _) = listener.accept().unwrap();
+    h.set_read_timeout(Some(HANG)).unwrap();
+    assert_raw_moves_data(&mut stream, &mut h, "a proper open");
+    // The raw bystander shares its link with nobody: a second raw guest
+    // process got a link of its own.
+    assert_ne!(
+        rings.link.id, raw_by_rings.link.id,
+        "two guest processes share a link"
+    );
 }

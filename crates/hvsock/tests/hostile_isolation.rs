@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use common::*;
 use hvsock::{Guest, Host, HvAddr, HvStream, VsockAddr, VsockListener};
-use hvsock_shm::{EventFd, SharedMemory, PAGE_SIZE};
+use hvsock_shm::{SharedMemory, PAGE_SIZE};
 use rustix::net::sockopt::{set_socket_timeout, Timeout};
 use vmbus::daemon::control;
 use vmbus::ext::{Datagram, ExtEvent, ExtRequest};
-use vmbus::{Gpadl, Guid, Message, OpenChannel};
+use vmbus::{Gpadl, Guid, Message};
 
 /// Whatever comes next within `within`: a datagram, `Closed`, or `Quiet`.
 #[derive(Debug)]
@@ -105,14 +105,13 @@ fn a_vm_cannot_see_reach_or_use_another_vm() {
         let root = root.clone();
         move || HvStream::connect(&root, HvAddr::from_vsock_port(beta, 5001))
     });
-    let relid_b = match recv_vmbus(&raw_b.sock) {
+    let relid_b = match raw_b.next_vmbus() {
         Message::OfferChannel(offer) => offer.child_relid,
         other => panic!("{other:?}"),
     };
     let rings_b = raw_b.open(relid_b, 12);
     let mut from_host = connecting.join().unwrap().expect("the host reaches B");
     let memory = SharedMemory::create("a", 12 * PAGE_SIZE).unwrap();
-    let (e1, e2) = (EventFd::new().unwrap(), EventFd::new().unwrap());
     let attempts: Vec<(Message, bool)> = vec![
         (
             Message::CloseChannel {
@@ -134,18 +133,7 @@ fn a_vm_cannot_see_reach_or_use_another_vm() {
                 .clone(),
             true,
         ),
-        (
-            Message::OpenChannel(OpenChannel {
-                child_relid: relid_b,
-                openid: relid_b,
-                ringbuffer_gpadlhandle: 0x100,
-                target_vp: 0,
-                downstream_ringbuffer_pageoffset: 6,
-                userdata: [0; 120],
-                guest_signal: None,
-            }),
-            false,
-        ),
+        (open_channel(relid_b, 0x100, 6), false),
         (
             Message::RelidReleased {
                 child_relid: relid_b,
@@ -155,10 +143,10 @@ fn a_vm_cannot_see_reach_or_use_another_vm() {
     ];
     for (message, with_memfd) in attempts {
         let mut a = RawGuest::contact(&d.vm_socket("alpha"));
-        match (&message, with_memfd) {
-            (_, true) => send_vmbus(&a.sock, &message, &[&memory]),
-            (Message::OpenChannel(_), _) => send_vmbus(&a.sock, &message, &[&e1, &e2]),
-            _ => send_vmbus(&a.sock, &message, &[]),
+        if with_memfd {
+            send_vmbus(&a.sock, &message, &[&memory]);
+        } else {
+            send_vmbus(&a.sock, &message, &[]);
         }
         match next_within(&a.sock, Duration::from_millis(300)) {
             Next::Closed | Next::Quiet => {}

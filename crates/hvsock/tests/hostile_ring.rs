@@ -314,7 +314,7 @@ fn a_hostile_guest_resets_only_its_connection_on_the_host() {
         // The victim drops the stream: the channel is rescinded.
         drop(victim);
         assert_eq!(
-            recv_vmbus(&hostile.sock),
+            hostile.next_vmbus(),
             Message::RescindChannelOffer { child_relid: relid },
             "{}",
             attack.name
@@ -339,7 +339,7 @@ fn a_hostile_host_resets_only_its_connection_in_the_guest() {
     by_guest.set_timeouts(HANG);
     by_host.set_timeouts(HANG);
 
-    let hostile = RawHost::connect(&d.socket);
+    let mut hostile = RawHost::connect(&d.socket);
     hostile.listen(6100);
     for attack in ATTACKS {
         let mut victim = VsockStream::connect(&guest, VsockAddr::new(2, 6100)).unwrap();

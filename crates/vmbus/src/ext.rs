@@ -31,13 +31,42 @@
 //! | message | direction | fds, in order |
 //! |---|---|---|
 //! | GPADL_HEADER | guest → host | the sealed memfd holding the rings; PFN `i` is page `i` of it |
-//! | OPENCHANNEL | guest → host | eventfd the guest signals (guest → host), eventfd the host signals (host → guest) |
-//! | [`ExtEvent::HostConnected`], [`ExtEvent::HostIncoming`] | host → host process | the memfd, the guest → host eventfd, the host → guest eventfd |
+//! | [`ExtEvent::Link`] | host → guest or host process | the sealed flags memfd ([`LINK_FLAGS_BYTES`]), the eventfd the receiver waits on, the eventfd the receiver signals |
+//! | [`ExtEvent::HostConnected`], [`ExtEvent::HostIncoming`] | host → host process | the memfd holding the rings |
+//!
+//! Every other message carries none; OPENCHANNEL carries none, as on the wire.
 //!
 //! The guest owns ring memory, as on Hyper-V: it creates the memfd, seals it
 //! against shrinking and sends it with its GPADL. The host process maps it;
 //! from then on stream bytes go from one process's ring writer to the other's
 //! ring reader and never through the daemon.
+//!
+//! # Signals: one link per pair of processes, not a pair of lines per channel
+//!
+//! VMBus signals a guest through one interrupt plus an event-flags bitmap
+//! with a bit per relid, so the cost of signalling does not grow with the
+//! channels. Here the same holds per *link*: the pair of processes (a guest
+//! process and a host process) that share at least one open channel. The
+//! host creates a link when the first channel between the two opens and
+//! sends each side [`ExtEvent::Link`] with three descriptors: a sealed memfd
+//! of [`LINK_FLAGS_BYTES`] holding two bitmaps (the guest sets bits in the
+//! one at [`GUEST_TO_HOST_FLAGS`], the host process in the one at
+//! [`HOST_TO_GUEST_FLAGS`]; bit `relid % 32` of the little-endian u32 at
+//! byte `4 * (relid / 32)`), the eventfd the receiver waits on and the one
+//! it signals. To signal channel `relid`, a side sets the bit in the
+//! bitmap it writes and, only if the bit was clear, writes the peer's
+//! eventfd; the receiver reads its eventfd, then takes (swaps to zero) the
+//! words of the relids it serves. A link joins exactly two processes, so a
+//! hostile peer can disturb only the signals of its own channels. Links
+//! last until either process goes away ([`ExtEvent::LinkClosed`] tells the
+//! other). Relids stay at or below [`MAX_RELID`] so that every channel has
+//! a bit.
+//!
+//! A channel learns its link: the guest from [`ExtEvent::ChannelLink`],
+//! sent just before a successful OPENCHANNEL_RESULT; the host process from
+//! the `relid` and `link` of [`ExtEvent::HostConnected`] or
+//! [`ExtEvent::HostIncoming`]. A new link's [`ExtEvent::Link`] always comes
+//! before the first message that names it.
 //!
 //! # Ring layout in the memfd
 //!
@@ -62,6 +91,24 @@ pub const EXT_MESSAGE_TYPE: u32 = 0x8000_4856;
 /// Offset, in the control page of a ring, of the u64 count of stream bytes
 /// its writer has written (informational; see the module docs).
 pub const BYTES_WRITTEN_OFFSET: usize = 128;
+
+/// Bytes of a link's flags memfd: two bitmaps with a bit per relid.
+pub const LINK_FLAGS_BYTES: usize = 2 * LINK_BITMAP_BYTES;
+
+/// Bytes of one bitmap of a link (a bit for each relid `0..=MAX_RELID`).
+pub const LINK_BITMAP_BYTES: usize = (MAX_RELID as usize + 1) / 8;
+
+/// Offset in a link's flags memfd of the bitmap the guest sets and the host
+/// process takes.
+pub const GUEST_TO_HOST_FLAGS: usize = 0;
+
+/// Offset in a link's flags memfd of the bitmap the host process sets and
+/// the guest takes.
+pub const HOST_TO_GUEST_FLAGS: usize = LINK_BITMAP_BYTES;
+
+/// The largest relid the host hands out: every channel has a bit in its
+/// link's bitmaps.
+pub const MAX_RELID: u32 = 65535;
 
 /// Largest datagram either side sends (a stat reply may be large).
 pub const MAX_DATAGRAM: usize = 1 << 20;
@@ -276,12 +323,16 @@ pub enum ExtEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
-    /// A host connect succeeded; carries the memfd and two eventfds.
+    /// A host connect succeeded; carries the memfd of the rings.
     HostConnected {
         /// The request it answers.
         request: u64,
         /// The connection id, for `HostClose` and `HostRevoked`.
         conn: u64,
+        /// The channel's relid: its bit in the link's bitmaps.
+        relid: u32,
+        /// The link that carries its signals (see the module docs).
+        link: u64,
         /// The VM.
         vm_id: Guid,
         /// The host endpoint's own service id (the offer's `if_instance`).
@@ -299,10 +350,14 @@ pub enum ExtEvent {
         message: String,
     },
     /// A guest connected to a service this process listens on; carries the
-    /// memfd and two eventfds.
+    /// memfd of the rings.
     HostIncoming {
         /// The connection id, for `HostClose` and `HostRevoked`.
         conn: u64,
+        /// The channel's relid: its bit in the link's bitmaps.
+        relid: u32,
+        /// The link that carries its signals (see the module docs).
+        link: u64,
         /// The service connected to.
         service_id: Guid,
         /// The VM filter of the listener that matched.
@@ -313,6 +368,25 @@ pub enum ExtEvent {
         endpoint_id: Guid,
         /// The ring layout in the memfd.
         layout: RingLayout,
+    },
+    /// A new signal link to a peer process; carries the flags memfd, the
+    /// eventfd to wait on and the eventfd to signal (see the module docs).
+    Link {
+        /// The link's id, unique for the host's lifetime.
+        link: u64,
+    },
+    /// The peer process of a link is gone; no channel will name it again.
+    LinkClosed {
+        /// The link.
+        link: u64,
+    },
+    /// To a guest, just before the successful OPENCHANNEL_RESULT of
+    /// `relid`: the link that carries the channel's signals.
+    ChannelLink {
+        /// The channel.
+        relid: u32,
+        /// The link.
+        link: u64,
     },
     /// The guest side of a connection is gone (closed its channel, died, or
     /// its VM was removed): no more data will come and none can be sent.

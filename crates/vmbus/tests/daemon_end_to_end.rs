@@ -1,8 +1,9 @@
 //! The daemon over real sockets in a temporary directory: raw guest and
 //! host clients speaking VMBus and the extension protocol by hand, shared
-//! memory seen from both sides, revocation when a guest's socket closes,
-//! 1,000 channels at once, SO_PEERCRED refusal, stale and live sockets, and
-//! the embedded host.
+//! memory seen from both sides, the signal link of a pair of processes (its
+//! flags memfd shared, its eventfds crossed), revocation and link closing
+//! when a guest's socket closes, 1,000 channels at once, SO_PEERCRED
+//! refusal, stale and live sockets, and the embedded host.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use vmbus::daemon::{
 };
 use vmbus::ext::{
     encode_ext, ConnectFailure, Datagram, ExtEvent, ExtRequest, Partition, BYTES_WRITTEN_OFFSET,
+    GUEST_TO_HOST_FLAGS, HOST_TO_GUEST_FLAGS, LINK_FLAGS_BYTES,
 };
 use vmbus::messages::{InitiateContact, OpenChannel, VERSION_WIN10_V5};
 use vmbus::{Gpadl, Guid, Message};
@@ -173,9 +175,108 @@ fn host_connect(host: &OwnedFd, request: u64) {
     );
 }
 
+/// A link as one of its two processes received it.
+struct Link {
+    id: u64,
+    flags: Mapping,
+    /// The eventfd this process waits on.
+    wait: EventFd,
+    /// The eventfd this process signals.
+    signal: EventFd,
+}
+
+/// Checks an [`ExtEvent::Link`] and its three descriptors.
+#[track_caller]
+fn link_from(event: ExtEvent, mut fds: Vec<OwnedFd>) -> Link {
+    let ExtEvent::Link { link } = event else {
+        panic!("expected a Link, got {event:?}")
+    };
+    assert_eq!(fds.len(), 3, "Link carries [flags, wait, signal]");
+    let signal = EventFd::from_fd(fds.pop().unwrap()).unwrap();
+    let wait = EventFd::from_fd(fds.pop().unwrap()).unwrap();
+    // from_fd checks the seals; the bitmaps start clear.
+    let flags = SharedMemory::from_fd(fds.pop().unwrap(), LINK_FLAGS_BYTES).unwrap();
+    let flags = Mapping::new(&flags).unwrap();
+    let mut bytes = vec![1u8; LINK_FLAGS_BYTES];
+    flags.read(0, &mut bytes).unwrap();
+    assert!(bytes.iter().all(|b| *b == 0));
+    Link {
+        id: link,
+        flags,
+        wait,
+        signal,
+    }
+}
+
+/// The two ends of one link, seen by the guest and by the host process,
+/// share the flags and have their eventfds crossed.
+fn check_link_between(guest: &Link, host: &Link) {
+    assert_eq!(guest.id, host.id);
+    guest
+        .flags
+        .write(GUEST_TO_HOST_FLAGS, &1u32.to_le_bytes())
+        .unwrap();
+    let mut word = [0u8; 4];
+    host.flags.read(GUEST_TO_HOST_FLAGS, &mut word).unwrap();
+    assert_eq!(u32::from_le_bytes(word), 1);
+    host.flags
+        .write(HOST_TO_GUEST_FLAGS + 4, &2u32.to_le_bytes())
+        .unwrap();
+    guest
+        .flags
+        .read(HOST_TO_GUEST_FLAGS + 4, &mut word)
+        .unwrap();
+    assert_eq!(u32::from_le_bytes(word), 2);
+    // What the guest signals, the host waits on, and not the guest itself.
+    guest.signal.signal().unwrap();
+    assert!(host.wait.wait_timeout(Duration::from_secs(1)).unwrap());
+    assert!(!guest.wait.try_wait().unwrap());
+    host.signal.signal().unwrap();
+    assert!(guest.wait.wait_timeout(Duration::from_secs(1)).unwrap());
+    assert!(!host.wait.try_wait().unwrap());
+}
+
+/// What the guest got from opening a channel.
+struct Accepted {
+    relid: u32,
+    mem: SharedMemory,
+    /// The link named by ChannelLink.
+    link: u64,
+    /// The link itself, when this was the first channel of the pair.
+    new_link: Option<Link>,
+}
+
+/// The guest's side of an open after OPENCHANNEL: a Link if the pair is
+/// new, ChannelLink, then the successful OPENCHANNEL_RESULT.
+#[track_caller]
+fn recv_open_result(g: &OwnedFd, relid: u32) -> (u64, Option<Link>) {
+    let (mut event, mut fds) = recv_event(g);
+    let mut new_link = None;
+    if matches!(event, ExtEvent::Link { .. }) {
+        new_link = Some(link_from(event, fds));
+        (event, fds) = recv_event(g);
+    }
+    assert!(fds.is_empty());
+    let ExtEvent::ChannelLink { relid: r, link } = event else {
+        panic!("expected ChannelLink, got {event:?}")
+    };
+    assert_eq!(r, relid);
+    if let Some(l) = &new_link {
+        assert_eq!(l.id, link);
+    }
+    assert_eq!(
+        recv_vmbus(g),
+        Message::OpenChannelResult {
+            child_relid: relid,
+            openid: relid,
+            status: 0
+        }
+    );
+    (link, new_link)
+}
+
 /// The guest accepts an offer: rings of `pages` pages split in half.
-/// Returns the memory and the two eventfds (guest -> host, host -> guest).
-fn accept_offer(g: &OwnedFd, pages: u32, handle: u32) -> (u32, SharedMemory, EventFd, EventFd) {
+fn accept_offer(g: &OwnedFd, pages: u32, handle: u32) -> Accepted {
     let Message::OfferChannel(offer) = recv_vmbus(g) else {
         panic!("expected an offer")
     };
@@ -197,7 +298,6 @@ fn accept_offer(g: &OwnedFd, pages: u32, handle: u32) -> (u32, SharedMemory, Eve
             creation_status: 0
         }
     );
-    let (g2h, h2g) = (EventFd::new().unwrap(), EventFd::new().unwrap());
     send_vmbus(
         g,
         Message::OpenChannel(OpenChannel {
@@ -209,17 +309,15 @@ fn accept_offer(g: &OwnedFd, pages: u32, handle: u32) -> (u32, SharedMemory, Eve
             userdata: [0; 120],
             guest_signal: None,
         }),
-        &[&g2h, &h2g],
+        &[],
     );
-    assert_eq!(
-        recv_vmbus(g),
-        Message::OpenChannelResult {
-            child_relid: relid,
-            openid: relid,
-            status: 0
-        }
-    );
-    (relid, mem, g2h, h2g)
+    let (link, new_link) = recv_open_result(g, relid);
+    Accepted {
+        relid,
+        mem,
+        link,
+        new_link,
+    }
 }
 
 #[test]
@@ -229,11 +327,22 @@ fn host_connects_to_a_guest_and_both_share_the_rings() {
     let g = guest(&d.vm_socket("alpha"));
     let host = client(&d.socket);
     host_connect(&host, 1);
-    let (relid, guest_mem, g2h, h2g) = accept_offer(&g, 12, 0xE1E10);
+    let Accepted {
+        relid,
+        mem: guest_mem,
+        link,
+        new_link,
+    } = accept_offer(&g, 12, 0xE1E10);
+    let guest_link = new_link.expect("the pair's first channel brings a Link");
+    // The host process hears of the link before the channel that names it.
+    let (event, fds) = recv_event(&host);
+    let host_link = link_from(event, fds);
     let (event, mut fds) = recv_event(&host);
     let ExtEvent::HostConnected {
         request,
         conn,
+        relid: host_relid,
+        link: host_link_id,
         layout,
         ..
     } = event
@@ -241,10 +350,9 @@ fn host_connects_to_a_guest_and_both_share_the_rings() {
         panic!("{event:?}")
     };
     assert_eq!(request, 1);
+    assert_eq!((host_relid, host_link_id), (relid, link));
     assert_eq!((layout.total_pages, layout.guest_to_host_pages), (12, 6));
-    assert_eq!(fds.len(), 3);
-    let host_h2g = EventFd::from_fd(fds.pop().unwrap()).unwrap();
-    let host_g2h = EventFd::from_fd(fds.pop().unwrap()).unwrap();
+    assert_eq!(fds.len(), 1, "only the rings' memfd");
     let host_mem = SharedMemory::from_fd(fds.pop().unwrap(), 12 * PAGE_SIZE).unwrap();
 
     // Bytes written on one side are read on the other, both ways.
@@ -259,11 +367,19 @@ fn host_connects_to_a_guest_and_both_share_the_rings() {
     hm.write(7 * PAGE_SIZE, b"host to guest").unwrap();
     gm.read(7 * PAGE_SIZE, &mut buf).unwrap();
     assert_eq!(&buf, b"host to guest");
-    // Signals travel over the shared eventfds.
-    g2h.signal().unwrap();
-    assert!(host_g2h.wait_timeout(Duration::from_secs(1)).unwrap());
-    host_h2g.signal().unwrap();
-    assert!(h2g.wait_timeout(Duration::from_secs(1)).unwrap());
+    // Signals travel over the link: shared flags, crossed eventfds.
+    check_link_between(&guest_link, &host_link);
+    // A second channel of the pair reuses the link: no new Link.
+    host_connect(&host, 2);
+    let second = accept_offer(&g, 4, 0xE1E11);
+    assert!(second.new_link.is_none());
+    assert_eq!(second.link, link);
+    let (event, fds) = recv_event(&host);
+    assert!(
+        matches!(event, ExtEvent::HostConnected { request: 2, link: l, .. } if l == link),
+        "{event:?}"
+    );
+    assert_eq!(fds.len(), 1);
 
     // Stat sees the channel, its fill levels and counters.
     gm.write(0, &48u32.to_le_bytes()).unwrap();
@@ -280,7 +396,8 @@ fn host_connects_to_a_guest_and_both_share_the_rings() {
     assert_eq!(report.vms[0].name, "alpha");
     assert_eq!(report.processes.len(), 2);
 
-    // The guest process dies (its socket closes): the host hears at once.
+    // The guest process dies (its socket closes): the host hears at once,
+    // channels first, then the link.
     let started = Instant::now();
     drop(g);
     let (event, _) = recv_event(&host);
@@ -288,6 +405,8 @@ fn host_connects_to_a_guest_and_both_share_the_rings() {
         matches!(event, ExtEvent::HostRevoked { conn: c, .. } if c == conn),
         "{event:?}"
     );
+    assert!(matches!(recv_event(&host).0, ExtEvent::HostRevoked { .. }));
+    assert_eq!(recv_event(&host).0, ExtEvent::LinkClosed { link });
     assert!(started.elapsed() < Duration::from_secs(1));
 
     d.stop();
@@ -356,7 +475,6 @@ fn guest_connects_to_a_host_listener() {
             ..
         }
     ));
-    let (a, b) = (EventFd::new().unwrap(), EventFd::new().unwrap());
     send_vmbus(
         &g,
         Message::OpenChannel(OpenChannel {
@@ -368,21 +486,27 @@ fn guest_connects_to_a_host_listener() {
             userdata: [0; 120],
             guest_signal: None,
         }),
-        &[&a, &b],
+        &[],
     );
-    assert!(matches!(
-        recv_vmbus(&g),
-        Message::OpenChannelResult { status: 0, .. }
-    ));
+    let (link, guest_link) = recv_open_result(&g, relid);
+    let guest_link = guest_link.expect("the pair's first channel brings a Link");
+    let (event, fds) = recv_event(&host);
+    let host_link = link_from(event, fds);
+    check_link_between(&guest_link, &host_link);
     let (event, fds) = recv_event(&host);
     let ExtEvent::HostIncoming {
-        conn, endpoint_id, ..
+        conn,
+        endpoint_id,
+        relid: host_relid,
+        link: host_link_id,
+        ..
     } = event
     else {
         panic!("{event:?}")
     };
     assert_eq!(endpoint_id, Guid::from_vsock_port(1025));
-    assert_eq!(fds.len(), 3);
+    assert_eq!((host_relid, host_link_id), (relid, link));
+    assert_eq!(fds.len(), 1);
     // The host closes: the guest gets the rescind, tears down, releases.
     send_ext(&host, &ExtRequest::HostClose { conn });
     assert_eq!(
@@ -404,6 +528,45 @@ fn guest_connects_to_a_host_listener() {
         panic!()
     };
     assert!(report.channels.is_empty());
+    // The host process leaves: the guest hears its link is closed.
+    drop(host);
+    assert_eq!(recv_event(&g).0, ExtEvent::LinkClosed { link });
+}
+
+#[test]
+fn an_openchannel_with_eventfds_is_refused_with_a_reason() {
+    let d = Running::start(&["alpha"]);
+    let g = guest(&d.vm_socket("alpha"));
+    let host = client(&d.socket);
+    host_connect(&host, 1);
+    let Message::OfferChannel(offer) = recv_vmbus(&g) else {
+        panic!()
+    };
+    let (a, b) = (EventFd::new().unwrap(), EventFd::new().unwrap());
+    // The older protocol's OPENCHANNEL: it gets to the server (which says
+    // why in the daemon's log) and the guest is dropped.
+    send_vmbus(
+        &g,
+        Message::OpenChannel(OpenChannel {
+            child_relid: offer.child_relid,
+            openid: offer.child_relid,
+            ringbuffer_gpadlhandle: 7,
+            target_vp: 0,
+            downstream_ringbuffer_pageoffset: 4,
+            userdata: [0; 120],
+            guest_signal: None,
+        }),
+        &[&a, &b],
+    );
+    assert!(closed_within(&g, Duration::from_secs(5)));
+    assert!(matches!(
+        recv_event(&host).0,
+        ExtEvent::HostConnectFailed {
+            request: 1,
+            failure: ConnectFailure::Refused,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -416,12 +579,19 @@ fn a_thousand_channels_through_the_daemon() {
     for i in 0..1000u32 {
         host_connect(&host, u64::from(i));
         // The guest keeps nothing: the daemon and the host hold the rings.
-        let _ = accept_offer(&g, 4, 0x1000 + i);
+        let accepted = accept_offer(&g, 4, 0x1000 + i);
+        // One link for the pair, whatever the number of channels.
+        assert_eq!(accepted.new_link.is_some(), i == 0, "channel {i}");
+        if i == 0 {
+            let (event, fds) = recv_event(&host);
+            link_from(event, fds);
+        }
         let (event, fds) = recv_event(&host);
-        let ExtEvent::HostConnected { conn, .. } = event else {
+        let ExtEvent::HostConnected { conn, link, .. } = event else {
             panic!("channel {i}: {event:?}")
         };
-        assert_eq!(fds.len(), 3);
+        assert_eq!(link, accepted.link);
+        assert_eq!(fds.len(), 1);
         assert!(conns.insert(conn));
     }
     let ExtEvent::Stat { report } = control::request(&host, &ExtRequest::Stat).unwrap() else {
@@ -435,6 +605,7 @@ fn a_thousand_channels_through_the_daemon() {
     for _ in 0..1000 {
         assert!(matches!(recv_event(&host).0, ExtEvent::HostRevoked { .. }));
     }
+    assert!(matches!(recv_event(&host).0, ExtEvent::LinkClosed { .. }));
 }
 
 #[test]
@@ -589,7 +760,9 @@ fn the_embedded_host_runs_the_same_loop() {
         ExtEvent::GuestListenResult { error: None, .. }
     ));
     host_connect(&h, 9);
-    let (_relid, _mem, _a, _b) = accept_offer(&g, 6, 1);
+    let accepted = accept_offer(&g, 6, 1);
+    let (event, fds) = recv_event(&h);
+    check_link_between(&accepted.new_link.unwrap(), &link_from(event, fds));
     assert!(matches!(
         recv_event(&h).0,
         ExtEvent::HostConnected { request: 9, .. }

@@ -1,6 +1,6 @@
 //! Both ends of one channel in one process: the guest's rings in a sealed
-//! memfd, the host's end built from copies of its fds, as the daemon would
-//! hand them over.
+//! memfd, the host's end built from a copy of its fd, as the daemon would
+//! hand it over, each end with its own doorbell and end of one link.
 
 use std::io::ErrorKind;
 use std::os::fd::AsFd;
@@ -9,17 +9,25 @@ use std::time::Duration;
 
 use super::*;
 
+/// The relid the test channels use (any relid with a bit will do).
+const RELID: u32 = 77;
+
 fn pair(send_pages: u32, recv_pages: u32) -> (Arc<ChannelIo>, Arc<ChannelIo>) {
     let rings = PreparedRings::create(send_pages, recv_pages).unwrap();
-    let (to_host, to_guest) = rings.eventfds_to_send().unwrap();
-    let fds = vec![
-        rings.memfd.as_fd().try_clone_to_owned().unwrap(),
-        Arc::try_unwrap(to_host).unwrap(),
-        Arc::try_unwrap(to_guest).unwrap(),
-    ];
+    let fds = vec![rings.memfd.as_fd().try_clone_to_owned().unwrap()];
     let layout = rings.layout;
-    let guest = rings.into_guest_io().unwrap();
-    let host = host_io(layout, fds).unwrap();
+    let (guest_link, host_link) = Link::pair(1).unwrap();
+    let guest = rings
+        .into_guest_io(&Doorbell::new().unwrap(), Arc::new(guest_link), RELID)
+        .unwrap();
+    let host = host_io(
+        layout,
+        fds,
+        &Doorbell::new().unwrap(),
+        Arc::new(host_link),
+        RELID,
+    )
+    .unwrap();
     (Arc::new(guest), Arc::new(host))
 }
 
@@ -207,14 +215,18 @@ fn a_malformed_packet_resets_the_connection() {
 #[test]
 fn memfds_that_are_not_sealed_are_refused() {
     let rings = PreparedRings::create(6, 6).unwrap();
-    let (to_host, to_guest) = rings.eventfds_to_send().unwrap();
     let file = std::fs::File::open("/dev/null").unwrap();
-    let fds = vec![
-        file.into(),
-        Arc::try_unwrap(to_host).unwrap(),
-        Arc::try_unwrap(to_guest).unwrap(),
-    ];
-    assert!(host_io(rings.layout, fds).is_err());
+    let (_, host_link) = Link::pair(1).unwrap();
+    let bell = Doorbell::new().unwrap();
+    let e = host_io(
+        rings.layout,
+        vec![file.into()],
+        &bell,
+        Arc::new(host_link),
+        RELID,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("memfd"), "{e}");
 }
 
 #[test]

@@ -1,26 +1,45 @@
 //! Helpers shared by the hostile-peer, fault and soak tests: a daemon in a
 //! temporary directory, raw guest and host clients that speak the control
-//! protocol by hand and own (or map) a channel's rings, a hand-made ring
-//! writer that can write anything, resource counters from `/proc/self` and a
-//! small seeded random generator.
+//! protocol by hand and own (or map) a channel's rings, the raw end of a
+//! signal link ([`RawLink`]: one per pair of processes, see `vmbus::ext`,
+//! "Signals"), a fake host that a real guest endpoint connects to, a
+//! hand-made ring writer that can write anything and an honest one
+//! ([`RawStream`]), resource counters from `/proc/self` and a small seeded
+//! random generator.
 //!
 //! Each test binary uses a different part of this module.
 #![allow(dead_code, reason = "each test binary uses a different part")]
 
+use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use hvsock_shm::{recv_with_fds, send_with_fds, EventFd, Mapping, SharedMemory, PAGE_SIZE};
+use hvsock::Guest;
+use hvsock_shm::{
+    recv_with_fds, ring_pair, send_with_fds, EventFd, Mapping, SharedMemory, SharedRingMem,
+    PAGE_SIZE,
+};
 use rustix::net::sockopt::{set_socket_timeout, Timeout};
 use vmbus::daemon::{control, vm_socket_path, Daemon, DaemonConfig, ShutdownHandle};
-use vmbus::ext::{encode_ext, Datagram, ExtEvent, ExtRequest, RingLayout};
-use vmbus::messages::{InitiateContact, OpenChannel, VERSION_WIN10_V5};
-use vmbus::{Gpadl, Guid, Message, TlConnectRequest};
+use vmbus::ext::{
+    encode_ext, Datagram, ExtEvent, ExtRequest, RingLayout, GUEST_TO_HOST_FLAGS,
+    HOST_TO_GUEST_FLAGS, LINK_BITMAP_BYTES, LINK_FLAGS_BYTES,
+};
+use vmbus::messages::{
+    HvsockParams, InitiateContact, OpenChannel, HVSOCK_PARAMS_VERSION_RS5, PIPE_MODE_BYTE,
+    VERSION_WIN10_V5,
+};
+use vmbus::{Gpadl, Guid, Message, OfferChannel, TlConnectRequest, VersionResponse};
+use vmbus_ring::layout::{
+    FEATURE_PENDING_SEND_SIZE, GUEST_MAX_SEND_DATA, MAX_RECV_DATA, MAX_RECV_PACKET,
+};
+use vmbus_ring::{init_control_page, PipeReader, PipeWriter, RingReader, RingWriter};
 
 /// How long anything that should take milliseconds may take before a test
 /// calls it a hang.
@@ -91,6 +110,145 @@ impl Drop for TestDaemon {
     }
 }
 
+// ---- signal links --------------------------------------------------------
+
+/// Which side of a signal link a raw client plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkSide {
+    Guest,
+    Host,
+}
+
+/// Words in each bitmap of a link.
+pub const LINK_WORDS: u32 = (LINK_BITMAP_BYTES / 4) as u32;
+
+/// One end of a signal link (`vmbus::ext`, "Signals"), as a raw client
+/// holds it: the two bitmaps, the eventfd we wait on and the one we signal.
+#[derive(Debug)]
+pub struct RawLink {
+    pub id: u64,
+    pub flags: Mapping,
+    /// Signalled by the peer; we wait on it.
+    pub wait: EventFd,
+    /// We signal it; the peer waits on it.
+    pub signal: EventFd,
+    pub side: LinkSide,
+}
+
+impl RawLink {
+    /// The link of an `ExtEvent::Link` from the daemon. Checks its
+    /// descriptors as a correct endpoint must: three of them, a sealed flags
+    /// memfd of `LINK_FLAGS_BYTES`, two non-blocking eventfds.
+    #[track_caller]
+    pub fn from_fds(id: u64, side: LinkSide, fds: Vec<OwnedFd>) -> RawLink {
+        let n = fds.len();
+        let Ok([flags, wait, signal]) = <[OwnedFd; 3]>::try_from(fds) else {
+            panic!("link {id} came with {n} descriptors, not 3")
+        };
+        let memory = SharedMemory::from_fd(flags, LINK_FLAGS_BYTES).expect("a sealed flags memfd");
+        RawLink {
+            id,
+            flags: Mapping::new(&memory).unwrap(),
+            wait: EventFd::from_fd(wait).expect("a non-blocking eventfd to wait on"),
+            signal: EventFd::from_fd(signal).expect("a non-blocking eventfd to signal"),
+            side,
+        }
+    }
+
+    /// A new link made here as the daemon makes one: our end (on `side`),
+    /// and the descriptors to send the other end with its `ExtEvent::Link`
+    /// (flags, the one it waits on, the one it signals).
+    pub fn make(id: u64, side: LinkSide) -> (RawLink, Vec<OwnedFd>) {
+        let memory = SharedMemory::create("raw-link", LINK_FLAGS_BYTES).unwrap();
+        let (ours, theirs) = (EventFd::new().unwrap(), EventFd::new().unwrap());
+        let dup = |fd: BorrowedFd<'_>| fd.try_clone_to_owned().unwrap();
+        let peer = vec![dup(memory.as_fd()), dup(theirs.as_fd()), dup(ours.as_fd())];
+        let link = RawLink {
+            id,
+            flags: Mapping::new(&memory).unwrap(),
+            wait: ours,
+            signal: theirs,
+            side,
+        };
+        (link, peer)
+    }
+
+    /// Byte offset of the bitmap we set (the peer takes it).
+    pub fn outgoing_bits(&self) -> usize {
+        match self.side {
+            LinkSide::Guest => GUEST_TO_HOST_FLAGS,
+            LinkSide::Host => HOST_TO_GUEST_FLAGS,
+        }
+    }
+
+    /// Byte offset of the bitmap the peer sets (we take it).
+    pub fn incoming_bits(&self) -> usize {
+        match self.side {
+            LinkSide::Guest => HOST_TO_GUEST_FLAGS,
+            LinkSide::Host => GUEST_TO_HOST_FLAGS,
+        }
+    }
+
+    /// Word `index` of the bitmap we set.
+    pub fn outgoing_word(&self, index: u32) -> &AtomicU32 {
+        self.flags
+            .atomic_u32(self.outgoing_bits() + 4 * index as usize)
+            .unwrap()
+    }
+
+    /// Word `index` of the bitmap the peer sets.
+    pub fn incoming_word(&self, index: u32) -> &AtomicU32 {
+        self.flags
+            .atomic_u32(self.incoming_bits() + 4 * index as usize)
+            .unwrap()
+    }
+
+    /// Wakes the peer for channel `relid` as the protocol says: sets its
+    /// bit, and writes the peer's eventfd only if the bit was clear.
+    pub fn ring(&self, relid: u32) {
+        let bit = 1u32 << (relid % 32);
+        if self.outgoing_word(relid / 32).fetch_or(bit, SeqCst) & bit == 0 {
+            self.signal.signal().unwrap();
+        }
+    }
+
+    /// Waits up to `timeout` for a signal from the peer and takes it.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        self.wait.wait_timeout(timeout).unwrap()
+    }
+
+    /// Takes (clears) the bit of `relid` in the peer's bitmap; returns
+    /// whether it was set.
+    pub fn take(&self, relid: u32) -> bool {
+        let bit = 1u32 << (relid % 32);
+        self.incoming_word(relid / 32).fetch_and(!bit, SeqCst) & bit != 0
+    }
+}
+
+/// Keeps the link events of a raw client (`Link`, `LinkClosed`) in `links`;
+/// returns any other event.
+#[track_caller]
+fn note_link_event(
+    links: &mut HashMap<u64, Arc<RawLink>>,
+    side: LinkSide,
+    event: ExtEvent,
+    fds: Vec<OwnedFd>,
+) -> Option<(ExtEvent, Vec<OwnedFd>)> {
+    match event {
+        ExtEvent::Link { link } => {
+            assert!(!links.contains_key(&link), "link {link} was sent twice");
+            links.insert(link, Arc::new(RawLink::from_fds(link, side, fds)));
+            None
+        }
+        ExtEvent::LinkClosed { link } => {
+            assert!(fds.is_empty(), "LinkClosed carries no descriptor");
+            links.remove(&link);
+            None
+        }
+        other => Some((other, fds)),
+    }
+}
+
 // ---- raw control clients -----------------------------------------------
 
 /// Connects to a control socket, with a receive timeout of [`HANG`].
@@ -114,7 +272,7 @@ pub fn send_ext(fd: &OwnedFd, request: &ExtRequest) {
 #[track_caller]
 pub fn recv(fd: &OwnedFd) -> Option<(Datagram<ExtEvent>, Vec<OwnedFd>)> {
     let mut buf = vec![0u8; vmbus::ext::MAX_DATAGRAM];
-    let (n, fds) = recv_with_fds(fd, &mut buf, 3).expect("a datagram within the timeout");
+    let (n, fds) = recv_with_fds(fd, &mut buf, 4).expect("a datagram within the timeout");
     if n == 0 {
         return None;
     }
@@ -147,7 +305,7 @@ pub fn closed_within(fd: &OwnedFd, within: Duration) -> bool {
     let mut buf = vec![0u8; vmbus::ext::MAX_DATAGRAM];
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
-        match recv_with_fds(fd, &mut buf, 3) {
+        match recv_with_fds(fd, &mut buf, 4) {
             Ok((0, _)) => return true,
             Ok(_) => continue,
             Err(_) => return false,
@@ -160,6 +318,11 @@ pub fn closed_within(fd: &OwnedFd, within: Duration) -> bool {
 pub struct RawGuest {
     pub sock: OwnedFd,
     next_gpadl: u32,
+    /// The links the daemon sent us, by id.
+    pub links: HashMap<u64, Arc<RawLink>>,
+    /// `ChannelLink` events not yet matched with their open result: relid
+    /// → link.
+    pub channel_links: HashMap<u32, u64>,
 }
 
 impl RawGuest {
@@ -184,6 +347,57 @@ impl RawGuest {
         RawGuest {
             sock,
             next_gpadl: 0x100,
+            links: HashMap::new(),
+            channel_links: HashMap::new(),
+        }
+    }
+
+    /// Keeps link events; returns any other event.
+    #[track_caller]
+    fn note(&mut self, event: ExtEvent, fds: Vec<OwnedFd>) -> Option<(ExtEvent, Vec<OwnedFd>)> {
+        match event {
+            ExtEvent::ChannelLink { relid, link } => {
+                assert!(fds.is_empty(), "ChannelLink carries no descriptor");
+                assert!(
+                    self.links.contains_key(&link),
+                    "ChannelLink for relid {relid} names link {link} before its Link event"
+                );
+                self.channel_links.insert(relid, link);
+                None
+            }
+            other => note_link_event(&mut self.links, LinkSide::Guest, other, fds),
+        }
+    }
+
+    /// The next VMBus message. Link events on the way are kept; any other
+    /// event fails the test.
+    #[track_caller]
+    pub fn next_vmbus(&mut self) -> Message {
+        loop {
+            match recv(&self.sock) {
+                Some((Datagram::Vmbus(m), _)) => return m,
+                Some((Datagram::Ext(e), fds)) => {
+                    if let Some(other) = self.note(e, fds) {
+                        panic!("expected a VMBus message, got {other:?}")
+                    }
+                }
+                None => panic!("the daemon closed the socket"),
+            }
+        }
+    }
+
+    /// The next event that is not about links (those are kept).
+    #[track_caller]
+    pub fn next_event(&mut self) -> (ExtEvent, Vec<OwnedFd>) {
+        loop {
+            match recv(&self.sock) {
+                Some((Datagram::Ext(e), fds)) => {
+                    if let Some(other) = self.note(e, fds) {
+                        return other;
+                    }
+                }
+                other => panic!("expected an event, got {other:?}"),
+            }
         }
     }
 
@@ -199,15 +413,23 @@ impl RawGuest {
             }),
             &[],
         );
-        match recv_vmbus(&self.sock) {
+        match self.next_vmbus() {
             Message::OfferChannel(offer) => offer.child_relid,
             other => panic!("expected an offer, got {other:?}"),
         }
     }
 
-    /// Opens channel `relid` on our own rings: `pages` pages, half each way.
-    pub fn open(&mut self, relid: u32, pages: u32) -> Rings {
+    /// Makes `pages` pages of rings, half each way, with their control
+    /// pages set up as a guest does, and describes them with a GPADL for
+    /// `relid`; returns the mapping and the GPADL handle once the daemon
+    /// created it.
+    pub fn gpadl(&mut self, relid: u32, pages: u32) -> (Arc<Mapping>, u32) {
         let memory = SharedMemory::create("hostile-guest", pages as usize * PAGE_SIZE).unwrap();
+        let mapping = Arc::new(Mapping::new(&memory).unwrap());
+        let half = pages as usize / 2;
+        let pair = ring_pair(mapping.clone(), half, pages as usize - half).unwrap();
+        init_control_page(&pair.guest_to_host, FEATURE_PENDING_SEND_SIZE);
+        init_control_page(&pair.host_to_guest, FEATURE_PENDING_SEND_SIZE);
         let handle = self.next_gpadl;
         self.next_gpadl += 1;
         for (i, m) in Gpadl::ring(relid, handle, (0..u64::from(pages)).collect())
@@ -222,57 +444,108 @@ impl RawGuest {
                 send_vmbus(&self.sock, m, &[]);
             }
         }
-        assert!(matches!(
-            recv_vmbus(&self.sock),
-            Message::GpadlCreated {
-                creation_status: 0,
-                ..
-            }
-        ));
-        let (g2h, h2g) = (EventFd::new().unwrap(), EventFd::new().unwrap());
-        send_vmbus(
-            &self.sock,
-            &Message::OpenChannel(OpenChannel {
-                child_relid: relid,
-                openid: relid,
-                ringbuffer_gpadlhandle: handle,
-                target_vp: 0,
-                downstream_ringbuffer_pageoffset: pages / 2,
-                userdata: [0; 120],
-                guest_signal: None,
-            }),
-            &[&g2h, &h2g],
+        let created = self.next_vmbus();
+        assert!(
+            matches!(
+                created,
+                Message::GpadlCreated {
+                    creation_status: 0,
+                    ..
+                }
+            ),
+            "{created:?}"
         );
-        assert!(matches!(
-            recv_vmbus(&self.sock),
-            Message::OpenChannelResult { status: 0, .. }
-        ));
-        let mapping = Arc::new(Mapping::new(&memory).unwrap());
-        let half = pages as usize / 2;
-        Rings {
-            mapping,
-            tx: Ring::new(0, half),
-            rx: Ring::new(half * PAGE_SIZE, pages as usize - half),
-            to_peer: g2h,
-            from_peer: h2g,
+        (mapping, handle)
+    }
+
+    /// Sends OPENCHANNEL for `relid` on GPADL `handle`, the guest → host
+    /// ring being the first `downstream` pages; no descriptors, as the
+    /// protocol says.
+    pub fn send_open(&self, relid: u32, handle: u32, downstream: u32) {
+        send_vmbus(&self.sock, &open_channel(relid, handle, downstream), &[]);
+    }
+
+    /// The result of opening `relid`: on success its link, which the
+    /// daemon must have named (ChannelLink, after the link's own Link
+    /// event if it is new) before the result; the status otherwise.
+    #[track_caller]
+    pub fn open_result(&mut self, relid: u32) -> Result<Arc<RawLink>, u32> {
+        match self.next_vmbus() {
+            Message::OpenChannelResult {
+                child_relid,
+                status,
+                ..
+            } => {
+                assert_eq!(child_relid, relid);
+                let link = self.channel_links.remove(&relid);
+                if status != 0 {
+                    assert_eq!(link, None, "a refused channel was given a link");
+                    return Err(status);
+                }
+                let link = link.unwrap_or_else(|| {
+                    panic!("OPENCHANNEL_RESULT of relid {relid} came without a ChannelLink first")
+                });
+                Ok(self.links[&link].clone())
+            }
+            other => panic!("expected OPENCHANNEL_RESULT, got {other:?}"),
         }
     }
+
+    /// Opens channel `relid` on our own rings: `pages` pages, half each way.
+    #[track_caller]
+    pub fn open(&mut self, relid: u32, pages: u32) -> Rings {
+        let (mapping, handle) = self.gpadl(relid, pages);
+        self.send_open(relid, handle, pages / 2);
+        let link = self.open_result(relid).expect("the channel opens");
+        let layout = RingLayout {
+            total_pages: pages,
+            guest_to_host_pages: pages / 2,
+        };
+        Rings::new(mapping, layout, LinkSide::Guest, link, relid)
+    }
+}
+
+/// An OPENCHANNEL for `relid` on GPADL `handle`.
+pub fn open_channel(relid: u32, handle: u32, downstream: u32) -> Message {
+    Message::OpenChannel(OpenChannel {
+        child_relid: relid,
+        openid: relid,
+        ringbuffer_gpadlhandle: handle,
+        target_vp: 0,
+        downstream_ringbuffer_pageoffset: downstream,
+        userdata: [0; 120],
+        guest_signal: None,
+    })
 }
 
 /// A host process speaking the extension protocol by hand.
 pub struct RawHost {
     pub sock: OwnedFd,
+    /// The links the daemon sent us, by id.
+    pub links: HashMap<u64, Arc<RawLink>>,
 }
 
 impl RawHost {
     pub fn connect(host_socket: &Path) -> RawHost {
         RawHost {
             sock: raw_client(host_socket),
+            links: HashMap::new(),
+        }
+    }
+
+    /// The next event that is not about links (those are kept).
+    #[track_caller]
+    pub fn next_event(&mut self) -> (ExtEvent, Vec<OwnedFd>) {
+        loop {
+            let (event, fds) = recv_event(&self.sock);
+            if let Some(other) = note_link_event(&mut self.links, LinkSide::Host, event, fds) {
+                return other;
+            }
         }
     }
 
     /// Listens on vsock port `port` of every VM.
-    pub fn listen(&self, port: u32) {
+    pub fn listen(&mut self, port: u32) {
         send_ext(
             &self.sock,
             &ExtRequest::HostListen {
@@ -280,7 +553,7 @@ impl RawHost {
                 vm_id: Guid::ZERO,
             },
         );
-        let (event, _) = recv_event(&self.sock);
+        let (event, _) = self.next_event();
         assert!(
             matches!(event, ExtEvent::HostListenResult { error: None, .. }),
             "{event:?}"
@@ -288,29 +561,183 @@ impl RawHost {
     }
 
     /// Takes the next incoming connection: its id and its rings, mapped.
-    pub fn incoming(&self) -> (u64, Rings) {
-        let (event, mut fds) = recv_event(&self.sock);
-        let ExtEvent::HostIncoming { conn, layout, .. } = event else {
+    #[track_caller]
+    pub fn incoming(&mut self) -> (u64, Rings) {
+        let (event, fds) = self.next_event();
+        let ExtEvent::HostIncoming {
+            conn,
+            relid,
+            link,
+            layout,
+            ..
+        } = event
+        else {
             panic!("expected HostIncoming, got {event:?}")
         };
-        assert_eq!(fds.len(), 3);
-        let h2g = EventFd::from_fd(fds.pop().unwrap()).unwrap();
-        let g2h = EventFd::from_fd(fds.pop().unwrap()).unwrap();
-        (conn, host_rings(fds.pop().unwrap(), layout, g2h, h2g))
+        (conn, self.rings(fds, layout, relid, link))
+    }
+
+    /// Connects to vsock port `port` of VM `vm` (where a guest listens):
+    /// the connection's id and its rings, mapped.
+    #[track_caller]
+    pub fn connect_to(&mut self, vm: &str, port: u32, request: u64) -> (u64, Rings) {
+        send_ext(
+            &self.sock,
+            &ExtRequest::HostConnect {
+                request,
+                vm_id: Guid::ZERO,
+                vm_name: Some(vm.into()),
+                service_id: Guid::from_vsock_port(port),
+            },
+        );
+        let (event, fds) = self.next_event();
+        let ExtEvent::HostConnected {
+            request: answered,
+            conn,
+            relid,
+            link,
+            layout,
+            ..
+        } = event
+        else {
+            panic!("expected HostConnected, got {event:?}")
+        };
+        assert_eq!(answered, request);
+        (conn, self.rings(fds, layout, relid, link))
+    }
+
+    #[track_caller]
+    fn rings(&self, fds: Vec<OwnedFd>, layout: RingLayout, relid: u32, link: u64) -> Rings {
+        assert_eq!(fds.len(), 1, "a connection carries its ring memfd only");
+        let link = self
+            .links
+            .get(&link)
+            .cloned()
+            .unwrap_or_else(|| panic!("a connection names link {link} before its Link event"));
+        host_rings(fds.into_iter().next().unwrap(), layout, link, relid)
     }
 }
 
-/// The host's view of a channel's rings.
-pub fn host_rings(memfd: OwnedFd, layout: RingLayout, g2h: EventFd, h2g: EventFd) -> Rings {
-    let total = layout.total_pages as usize;
-    let up = layout.guest_to_host_pages as usize;
-    let memory = SharedMemory::from_fd(memfd, total * PAGE_SIZE).unwrap();
-    Rings {
-        mapping: Arc::new(Mapping::new(&memory).unwrap()),
-        tx: Ring::new(up * PAGE_SIZE, total - up),
-        rx: Ring::new(0, up),
-        to_peer: h2g,
-        from_peer: g2h,
+/// The host's view of a channel's rings, signalled on `link` with bit
+/// `relid`.
+pub fn host_rings(memfd: OwnedFd, layout: RingLayout, link: Arc<RawLink>, relid: u32) -> Rings {
+    let memory = SharedMemory::from_fd(memfd, layout.total_pages as usize * PAGE_SIZE).unwrap();
+    let mapping = Arc::new(Mapping::new(&memory).unwrap());
+    Rings::new(mapping, layout, LinkSide::Host, link, relid)
+}
+
+// ---- a fake host against a real guest endpoint ------------------------------
+
+/// A listening socket standing in for a VM's socket: a real guest endpoint
+/// (`hvsock::Guest`) connects to it and the test plays the host.
+pub struct FakeHost {
+    _dir: tempfile::TempDir,
+    pub host_socket: PathBuf,
+    listener: OwnedFd,
+}
+
+impl FakeHost {
+    pub fn new() -> FakeHost {
+        use rustix::net::{bind, listen, socket, AddressFamily, SocketAddrUnix, SocketType};
+        let dir = tempfile::tempdir().unwrap();
+        let host_socket = dir.path().join("host.sock");
+        // Guest::connect_daemon_at refuses a missing VM only if the host
+        // socket exists; create neither, just the VM socket.
+        let vm = vm_socket_path(&host_socket, "alpha");
+        let listener = socket(AddressFamily::UNIX, SocketType::SEQPACKET, None).unwrap();
+        bind(&listener, &SocketAddrUnix::new(&vm).unwrap()).unwrap();
+        listen(&listener, 8).unwrap();
+        FakeHost {
+            _dir: dir,
+            host_socket,
+            listener,
+        }
+    }
+
+    /// Starts a guest endpoint (on a thread, since it waits for our
+    /// answers) and plays the host's side of contact.
+    pub fn guest(&self) -> (Guest, OwnedFd) {
+        let path = self.host_socket.clone();
+        let joining = std::thread::spawn(move || Guest::connect_daemon_at(&path, "alpha"));
+        let conn = rustix::net::accept(&self.listener).unwrap();
+        set_socket_timeout(&conn, Timeout::Recv, Some(HANG)).unwrap();
+        loop {
+            match recv_request(&conn).expect("the guest hung up") {
+                (Datagram::Vmbus(Message::InitiateContact(_)), _) => {
+                    send_vmbus(
+                        &conn,
+                        &Message::VersionResponse(VersionResponse {
+                            version_supported: true,
+                            connection_state: 0,
+                            msg_conn_id: 4,
+                            ext: vmbus::VersionResponseExt::None,
+                        }),
+                        &[],
+                    );
+                }
+                (Datagram::Vmbus(Message::RequestOffers), _) => {
+                    send_vmbus(&conn, &Message::AllOffersDelivered, &[]);
+                    break;
+                }
+                other => panic!("unexpected during contact: {other:?}"),
+            }
+        }
+        (joining.join().unwrap().expect("the guest joins"), conn)
+    }
+}
+
+/// An hv_sock offer of `relid` with `if_type` and `if_instance`: for the
+/// guest to accept if `for_accept` (`if_type` is then its port's GUID),
+/// else the answer to the guest's connect from endpoint `if_instance` to
+/// host service `if_type`.
+pub fn hvsock_offer(relid: u32, if_type: Guid, if_instance: Guid, for_accept: bool) -> Message {
+    Message::OfferChannel(OfferChannel::hvsock(
+        relid,
+        if_type,
+        if_instance,
+        &HvsockParams {
+            pipe_mode: PIPE_MODE_BYTE,
+            is_for_guest_accept: for_accept,
+            is_for_guest_container: false,
+            version: HVSOCK_PARAMS_VERSION_RS5,
+            silo_id: Guid::ZERO,
+        },
+    ))
+}
+
+/// An offer for the guest to accept: a host connect to its port `port`.
+pub fn offer(relid: u32, port: u32, host_endpoint: u32) -> Message {
+    hvsock_offer(
+        relid,
+        Guid::from_vsock_port(port),
+        Guid::from_vsock_port(host_endpoint),
+        true,
+    )
+}
+
+/// The next datagram from a real endpoint, or `None` if it hung up.
+#[track_caller]
+pub fn recv_request(conn: &OwnedFd) -> Option<(Datagram<ExtRequest>, Vec<OwnedFd>)> {
+    let mut buf = vec![0u8; vmbus::ext::MAX_DATAGRAM];
+    let (n, fds) = recv_with_fds(conn, &mut buf, 4).expect("a datagram within the timeout");
+    if n == 0 {
+        return None;
+    }
+    Some((
+        Datagram::decode(&buf[..n]).expect("a decodable request"),
+        fds,
+    ))
+}
+
+/// The next VMBus message from a real guest endpoint, skipping extension
+/// requests.
+#[track_caller]
+pub fn next_guest_vmbus(conn: &OwnedFd) -> (Message, Vec<OwnedFd>) {
+    loop {
+        match recv_request(conn).expect("the guest hung up") {
+            (Datagram::Vmbus(m), fds) => return (m, fds),
+            (Datagram::Ext(_), _) => continue,
+        }
     }
 }
 
@@ -326,7 +753,7 @@ pub struct Ring {
 }
 
 impl Ring {
-    fn new(control: usize, pages: usize) -> Ring {
+    pub fn new(control: usize, pages: usize) -> Ring {
         Ring {
             control,
             data_size: ((pages - 1) * PAGE_SIZE) as u32,
@@ -337,17 +764,45 @@ impl Ring {
 /// Both rings of a channel as one side sees them, with raw access.
 pub struct Rings {
     pub mapping: Arc<Mapping>,
+    pub layout: RingLayout,
+    /// Which side we are.
+    pub side: LinkSide,
     /// The ring this side writes.
     pub tx: Ring,
     /// The ring this side reads.
     pub rx: Ring,
-    /// Signalled to wake the peer.
-    pub to_peer: EventFd,
-    /// Signalled by the peer.
-    pub from_peer: EventFd,
+    /// The link that carries the channel's signals.
+    pub link: Arc<RawLink>,
+    /// The channel's bit in the link's bitmaps.
+    pub relid: u32,
 }
 
 impl Rings {
+    pub fn new(
+        mapping: Arc<Mapping>,
+        layout: RingLayout,
+        side: LinkSide,
+        link: Arc<RawLink>,
+        relid: u32,
+    ) -> Rings {
+        let total = layout.total_pages as usize;
+        let up = layout.guest_to_host_pages as usize;
+        let (g2h, h2g) = (Ring::new(0, up), Ring::new(up * PAGE_SIZE, total - up));
+        let (tx, rx) = match side {
+            LinkSide::Guest => (g2h, h2g),
+            LinkSide::Host => (h2g, g2h),
+        };
+        Rings {
+            mapping,
+            layout,
+            side,
+            tx,
+            rx,
+            link,
+            relid,
+        }
+    }
+
     pub fn word(&self, ring: Ring, offset: usize) -> u32 {
         self.mapping
             .atomic_u32(ring.control + offset)
@@ -408,9 +863,134 @@ impl Rings {
         self.append_pipe(1, data.len() as u32, data);
     }
 
+    /// Signals the peer for this channel through the link.
     pub fn signal(&self) {
-        self.to_peer.signal().unwrap();
+        self.link.ring(self.relid);
     }
+
+    /// An honest stream on these rings.
+    pub fn stream(&self) -> RawStream {
+        RawStream::new(self)
+    }
+}
+
+// ---- an honest peer on raw rings -----------------------------------------
+
+/// The hv_sock byte stream on a channel's rings, written and read with the
+/// ring library as a correct peer would, for raw clients whose test is about
+/// something else (signals). Never waits: the caller polls.
+pub struct RawStream {
+    reader: PipeReader<SharedRingMem>,
+    writer: PipeWriter<SharedRingMem>,
+    pub link: Arc<RawLink>,
+    pub relid: u32,
+}
+
+impl RawStream {
+    pub fn new(rings: &Rings) -> RawStream {
+        let up = rings.layout.guest_to_host_pages as usize;
+        let down = rings.layout.total_pages as usize - up;
+        let pair = ring_pair(rings.mapping.clone(), up, down).unwrap();
+        let (tx, rx, max_send) = match rings.side {
+            LinkSide::Guest => (pair.guest_to_host, pair.host_to_guest, GUEST_MAX_SEND_DATA),
+            LinkSide::Host => (pair.host_to_guest, pair.guest_to_host, MAX_RECV_DATA),
+        };
+        RawStream {
+            reader: PipeReader::new(
+                RingReader::new(rx, MAX_RECV_PACKET as u32).unwrap(),
+                MAX_RECV_DATA as u32,
+            ),
+            writer: PipeWriter::new(RingWriter::new(tx).unwrap(), max_send as u32),
+            link: rings.link.clone(),
+            relid: rings.relid,
+        }
+    }
+
+    /// Reads what is there: `Some(0)` at the end of the stream, `None` if
+    /// nothing came yet. Signals the writer when the ring rules say so.
+    #[track_caller]
+    pub fn try_read(&mut self, buf: &mut [u8]) -> Option<usize> {
+        loop {
+            let n = self
+                .reader
+                .read(buf)
+                .expect("the peer keeps the ring rules");
+            if self.reader.commit().expect("the peer keeps the ring rules") {
+                self.link.ring(self.relid);
+            }
+            if n > 0 {
+                return Some(n);
+            }
+            if self.reader.fin_received() {
+                return Some(0);
+            }
+            let available = self.reader.ring_mut().available().expect("a valid ring");
+            if available == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Writes what fits of `data` now; returns how much.
+    #[track_caller]
+    pub fn try_write(&mut self, data: &[u8]) -> usize {
+        let n = self.writer.write(data).expect("a valid ring");
+        if n > 0 && self.writer.commit().expect("a valid ring") {
+            self.link.ring(self.relid);
+        }
+        n
+    }
+
+    /// Sends the end of the stream.
+    #[track_caller]
+    pub fn write_fin(&mut self) {
+        self.writer.write_fin().expect("room for the FIN");
+        if self.writer.commit().expect("a valid ring") {
+            self.link.ring(self.relid);
+        }
+    }
+}
+
+/// Moves a short message both ways between a raw stream and a real one:
+/// raw → real, then real → raw. The real one must have its read timeout
+/// set; the raw one polls, waiting on its link between tries, for at most
+/// [`HANG`].
+#[track_caller]
+pub fn assert_raw_moves_data(raw: &mut RawStream, real: &mut (impl Read + Write), tag: &str) {
+    let msg = format!("raw and real, still alive: {tag}");
+    let msg = msg.as_bytes();
+    let deadline = Instant::now() + HANG;
+    let mut sent = 0;
+    while sent < msg.len() {
+        sent += raw.try_write(&msg[sent..]);
+        if sent < msg.len() {
+            assert!(
+                Instant::now() < deadline,
+                "{tag}: the raw side cannot write"
+            );
+            raw.link.wait(Duration::from_millis(10));
+        }
+    }
+    let mut buf = vec![0u8; msg.len()];
+    real.read_exact(&mut buf).expect("read raw -> real");
+    assert_eq!(buf, msg, "{tag}");
+    real.write_all(msg).expect("write real -> raw");
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 256];
+    while got.len() < msg.len() {
+        match raw.try_read(&mut chunk) {
+            Some(0) => panic!("{tag}: the raw side saw the end of the stream"),
+            Some(n) => got.extend_from_slice(&chunk[..n]),
+            None => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{tag}: nothing came to the raw side"
+                );
+                raw.link.wait(Duration::from_millis(10));
+            }
+        }
+    }
+    assert_eq!(got, msg, "{tag}");
 }
 
 // ---- resources ---------------------------------------------------------

@@ -4,7 +4,11 @@
 //!
 //! It owns the VMBus side of a guest; it does not decide which offers to
 //! accept or what a channel carries (the `hvsock` crate does), creates no
-//! memory or eventfds (the caller passes them in) and does no I/O.
+//! memory (the caller passes the rings' memfd in), does no I/O, and knows
+//! nothing of signals: those travel over the link the host sets up for each
+//! pair of processes ([`ExtEvent::Link`](crate::ext::ExtEvent::Link) and
+//! [`ExtEvent::ChannelLink`](crate::ext::ExtEvent::ChannelLink), extension
+//! events the application handles), so OPENCHANNEL carries no descriptor.
 //!
 //! Order of use: [`GuestClient::start`], then feed every message from the
 //! host to [`GuestClient::handle`], call the commands ([`tl_connect`],
@@ -142,14 +146,12 @@ enum Contact {
     Refused,
 }
 
-/// The GPADL and layout of a channel being opened or open, and until
-/// OPENCHANNEL is sent, the eventfds to send with it (kept no longer: a
-/// guest with thousands of channels should not hold two extra fds each).
+/// The GPADL and layout of a channel being opened or open. The memfd is
+/// not kept: it leaves with GPADL_HEADER, and the caller holds the mapping.
 #[derive(Debug)]
 struct Rings {
     gpadl: u32,
     layout: RingLayout,
-    signals: Option<[Arc<OwnedFd>; 2]>,
 }
 
 #[derive(Debug)]
@@ -270,16 +272,15 @@ impl GuestClient {
     }
 
     /// Opens an offered channel on rings in `memfd` (page `i` of the memfd is
-    /// GPADL page `i`): describes them with a GPADL, then, once the host has
-    /// created it, sends OPENCHANNEL with the two eventfds. The result comes
-    /// as [`Event::Opened`].
+    /// GPADL page `i`): describes them with a GPADL (the memfd travels with
+    /// GPADL_HEADER), then, once the host has created it, sends OPENCHANNEL,
+    /// which carries no descriptor. The result comes as [`Event::Opened`];
+    /// on success the host has sent the channel's link just before it.
     pub fn open(
         &mut self,
         relid: u32,
         memfd: Arc<OwnedFd>,
         layout: RingLayout,
-        signal_to_host: Arc<OwnedFd>,
-        signal_from_host: Arc<OwnedFd>,
     ) -> Result<(), ClientError> {
         let channel = self.channel_mut(relid)?;
         if channel.rescinded || !matches!(channel.state, State::Offered) {
@@ -306,11 +307,7 @@ impl GuestClient {
         let messages = Gpadl::ring(relid, gpadl, (0..u64::from(total_pages)).collect())
             .to_messages()
             .map_err(|e| ClientError::Layout(e.to_string()))?;
-        self.channel_mut(relid)?.state = State::GpadlSent(Rings {
-            gpadl,
-            layout,
-            signals: Some([signal_to_host, signal_from_host]),
-        });
+        self.channel_mut(relid)?.state = State::GpadlSent(Rings { gpadl, layout });
         let mut fds = vec![memfd];
         for message in messages {
             self.output.push_back(Output::Send {
@@ -439,8 +436,7 @@ impl GuestClient {
             self.event(Event::Opened { relid, status });
             return Ok(());
         }
-        let State::GpadlSent(mut rings) = std::mem::replace(&mut channel.state, State::Offered)
-        else {
+        let State::GpadlSent(rings) = std::mem::replace(&mut channel.state, State::Offered) else {
             unreachable!("checked above");
         };
         let message = Message::OpenChannel(OpenChannel {
@@ -452,9 +448,8 @@ impl GuestClient {
             userdata: [0; USER_DEFINED_SIZE],
             guest_signal: None,
         });
-        let fds = rings.signals.take().map_or_else(Vec::new, Vec::from);
         channel.state = State::OpenSent(rings);
-        self.output.push_back(Output::Send { message, fds });
+        self.send(message);
         Ok(())
     }
 

@@ -4,11 +4,13 @@
 //! their descriptors, performs the server's actions, writes with a
 //! per-client queue, and fires the server's timeouts.
 //!
-//! Owns the I/O only. Every protocol decision is the server's; the loop
-//! adds two rules of its own: a client whose queue of unsent datagrams
-//! grows past [`MAX_QUEUED`] (it does not read its socket) is dropped, and a
-//! datagram that does not fit the receive buffer or carries more than two
-//! descriptors drops its sender.
+//! Owns the I/O only, including making the descriptors of a new signal
+//! link ([`Action::CreateLink`]) and handing them to its two processes; it
+//! keeps none of them once sent. Every protocol decision is the server's;
+//! the loop adds two rules of its own: a client whose queue of unsent
+//! datagrams grows past [`MAX_QUEUED`] (it does not read its socket) is
+//! dropped, and a datagram that does not fit the receive buffer or carries
+//! more than [`MAX_INCOMING_FDS`] descriptors drops its sender.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -18,7 +20,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use hvsock_shm::EventFd;
+use hvsock_shm::{EventFd, SharedMemory};
 use rustix::event::epoll;
 use rustix::event::Timespec;
 use rustix::io::Errno;
@@ -26,7 +28,7 @@ use rustix::net::{self, SocketFlags};
 
 use super::sockets::SocketDir;
 use super::{stat, DaemonError};
-use crate::ext::{encode_ext, ExtEvent, Partition, VmInfo};
+use crate::ext::{encode_ext, ExtEvent, Partition, VmInfo, LINK_FLAGS_BYTES};
 use crate::messages::Guid;
 use crate::server::{Action, ClientId, ClientInfo, Input, Server, ServerConfig, VmError};
 
@@ -36,6 +38,12 @@ pub(crate) const MAX_QUEUED: usize = 16_384;
 /// Largest datagram a client may send (VMBus messages are at most 240
 /// bytes; extension requests are small JSON documents).
 const MAX_INCOMING: usize = 64 * 1024;
+
+/// Descriptors a client's datagram may carry. Only GPADL_HEADER carries
+/// one; two still reach the server, so that an OPENCHANNEL of the older
+/// protocol (with two eventfds) is refused with the server's reason rather
+/// than a bare truncation.
+const MAX_INCOMING_FDS: usize = 2;
 
 /// Datagrams read from one client before others get a turn.
 const READ_BATCH: usize = 64;
@@ -428,7 +436,7 @@ impl Core {
             let Some(conn) = self.conns.get(&token) else {
                 return;
             };
-            match hvsock_shm::recv_with_fds(&conn.fd, &mut self.buf, 2) {
+            match hvsock_shm::recv_with_fds(&conn.fd, &mut self.buf, MAX_INCOMING_FDS) {
                 Ok((0, fds)) if fds.is_empty() => {
                     self.gone(token, "closed its socket");
                     return;
@@ -502,8 +510,43 @@ impl Core {
                     stat::fill(&mut report, &rings);
                     self.queue(client.0, encode_ext(&ExtEvent::Stat { report }), Vec::new());
                 }
+                Action::CreateLink { link, guest, host } => self.create_link(link, guest, host),
             }
         }
+    }
+
+    /// Makes a link's descriptors and queues its [`ExtEvent::Link`] to both
+    /// processes, ahead of anything the following actions queue. The queues
+    /// hold the only copies the host has, until the datagrams are sent.
+    fn create_link(&mut self, link: u64, guest: ClientId, host: ClientId) {
+        let made = (|| -> Result<_, hvsock_shm::Error> {
+            let flags = SharedMemory::create("hvsock-link", LINK_FLAGS_BYTES)?.into_fd();
+            let guest_waits = EventFd::new()?.into_fd();
+            let host_waits = EventFd::new()?.into_fd();
+            Ok((Arc::new(flags), Arc::new(guest_waits), Arc::new(host_waits)))
+        })();
+        let (flags, guest_waits, host_waits) = match made {
+            Ok(fds) => fds,
+            Err(e) => {
+                // The endpoints fail the channels that name this link, since
+                // they never learn it; the daemon and its other clients go on.
+                tracing::warn!(
+                    link,
+                    guest = guest.0,
+                    host = host.0,
+                    "cannot create a signal link, its channels will fail: {e}"
+                );
+                return;
+            }
+        };
+        let bytes = encode_ext(&ExtEvent::Link { link });
+        // Each side gets [flags, the one it waits on, the one it signals].
+        self.queue(
+            guest.0,
+            bytes.clone(),
+            vec![flags.clone(), guest_waits.clone(), host_waits.clone()],
+        );
+        self.queue(host.0, bytes, vec![flags, host_waits, guest_waits]);
     }
 
     fn queue(&mut self, token: u64, bytes: Vec<u8>, fds: Vec<Arc<OwnedFd>>) {

@@ -5,11 +5,14 @@
 //! Owns: the VM registry (names, ids, CIDs), the connected clients and their
 //! partitions, VMBus version negotiation per guest client, relid allocation,
 //! offers, GPADL validation, open/close/rescind, TL connect requests, host
-//! and guest listener tables, offer timeouts and the administration
-//! requests. Does not own: sockets, threads, clocks or file-descriptor I/O
-//! (the [`daemon`](crate::daemon) drives it), nor anything about stream
-//! bytes: after a channel is open the two endpoint processes share its rings
-//! and the server never looks at them (except the driver, for `hvsock stat`).
+//! and guest listener tables, offer timeouts, the administration requests,
+//! and which signal link joins which pair of processes (ids and lifetimes;
+//! see [`crate::ext`], "Signals"). Does not own: sockets, threads, clocks or
+//! file-descriptor I/O (the [`daemon`](crate::daemon) drives it, and creates
+//! a link's descriptors on [`Action::CreateLink`]), nor anything about stream
+//! bytes or signals: after a channel is open the two endpoint processes
+//! share its rings and its link and the server never looks at them (except
+//! the driver, for `hvsock stat`).
 //!
 //! # How a driver calls it
 //!
@@ -29,11 +32,22 @@
 //!
 //! # Relids and identifiers
 //!
-//! Relids are unique across the whole server (lowest free, from 1), so a
-//! relid names one channel in `hvsock stat` and in [`Action::Stat`]. A relid
-//! becomes free only when its guest releases it (RELID_RELEASED), or at once
-//! when the guest process is gone, unloads VMBus or its VM is removed.
-//! Connection ids (`conn` in the extension protocol) are never reused.
+//! Relids are unique across the whole server (lowest free, from 1, never
+//! above [`MAX_RELID`], so that every channel has a bit in its link's
+//! bitmaps), so a relid names one channel in `hvsock stat` and in
+//! [`Action::Stat`]. A relid becomes free only when its guest releases it
+//! (RELID_RELEASED), or at once when the guest process is gone, unloads
+//! VMBus or its VM is removed; when none is free a connect is refused.
+//! Connection ids (`conn` in the extension protocol) and link ids are never
+//! reused.
+//!
+//! # Links
+//!
+//! The first channel that opens between a guest process and a host process
+//! creates their link: [`Action::CreateLink`], queued before any message
+//! that names it. Later channels between the same two reuse it. It lasts
+//! until either process goes away; the other is then sent
+//! [`ExtEvent::LinkClosed`], after the ends of their channels.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::os::fd::OwnedFd;
@@ -42,7 +56,7 @@ use std::time::{Duration, Instant};
 
 use crate::ext::{
     encode_ext, ChannelInfo, ConnectFailure, Datagram, ExtEvent, ExtRequest, Partition,
-    ProcessInfo, RingLayout, StatReport, VmInfo,
+    ProcessInfo, RingLayout, StatReport, VmInfo, MAX_RELID,
 };
 use crate::messages::{
     Gpadl, GpadlAssembler, GpadlBody, GpadlHeader, Guid, HvsockParams, Message, OfferChannel,
@@ -129,6 +143,34 @@ pub enum Action {
         name: String,
         /// Its id.
         id: Guid,
+    },
+    /// A new signal link between a guest process and a host process (see
+    /// [`crate::ext`], "Signals"). The driver creates, in this order:
+    ///
+    /// * a sealed memfd of [`LINK_FLAGS_BYTES`](crate::ext::LINK_FLAGS_BYTES),
+    ///   zeroed (both bitmaps clear);
+    /// * eventfd A, non-blocking: the guest waits on it;
+    /// * eventfd B, non-blocking: the host process waits on it;
+    ///
+    /// then sends [`ExtEvent::Link`] with this `link` to the guest with fds
+    /// `[memfd, A, B]` and to the host process with `[memfd, B, A]` (always
+    /// flags, the one the receiver waits on, the one it signals), both
+    /// before performing the next action: the messages that follow name the
+    /// link and must come after it. Then it drops its own copies: the host
+    /// keeps no descriptor per link.
+    ///
+    /// If the descriptors cannot be created, the driver logs a warning and
+    /// sends nothing. The server does not hear of it: channels between the
+    /// two processes open on the host's side, but both endpoints fail them
+    /// because the link is unknown to them, until one of the processes
+    /// reconnects (a new pair gets a new link).
+    CreateLink {
+        /// The link's id (from 1, never reused).
+        link: u64,
+        /// The guest process: its socket gets the fds `[memfd, A, B]`.
+        guest: ClientId,
+        /// The host process: its socket gets the fds `[memfd, B, A]`.
+        host: ClientId,
     },
     /// A `Stat` request: fill in ring fill levels and byte counters from the
     /// memfds, then send [`ExtEvent::Stat`] to the client.
@@ -354,6 +396,12 @@ pub struct Server {
     host_listeners: HashMap<(Guid, Guid), ClientId>,
     /// (VM, port) → listening guest process.
     guest_listeners: HashMap<(Guid, u32), ClientId>,
+    /// Signal links: (guest process, host process) → link id.
+    links: HashMap<(ClientId, ClientId), u64>,
+    next_link: u64,
+    /// The largest relid handed out: [`MAX_RELID`]; tests lower it to reach
+    /// the limit cheaply.
+    max_relid: u32,
     actions: VecDeque<Action>,
 }
 
@@ -375,6 +423,9 @@ impl Server {
             host_connects: HashMap::new(),
             host_listeners: HashMap::new(),
             guest_listeners: HashMap::new(),
+            links: HashMap::new(),
+            next_link: 1,
+            max_relid: MAX_RELID,
             actions: VecDeque::new(),
         }
     }
@@ -606,6 +657,52 @@ impl Server {
             }
         }
         self.host_connects.retain(|(c, _), _| *c != client);
+        self.close_links(client);
+    }
+
+    /// Drops every link `client` is part of and tells the other process of
+    /// each. Runs after the client's channels have ended, so that nothing
+    /// names a link after its LinkClosed.
+    fn close_links(&mut self, client: ClientId) {
+        let mut closed: Vec<(u64, ClientId)> = self
+            .links
+            .iter()
+            .filter_map(|(&(guest, host), &link)| {
+                if guest == client {
+                    Some((link, host))
+                } else if host == client {
+                    Some((link, guest))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        if closed.is_empty() {
+            return;
+        }
+        self.links
+            .retain(|(guest, host), _| *guest != client && *host != client);
+        // Link order, not the map's, so that the actions are reproducible.
+        closed.sort_unstable();
+        for (link, other) in closed {
+            tracing::debug!(link, client = client.0, other = other.0, "link closed");
+            self.send_event(other, &ExtEvent::LinkClosed { link }, Vec::new());
+        }
+    }
+
+    /// The link between `guest` and `host`, created (and
+    /// [`Action::CreateLink`] queued) if they have none yet.
+    fn link_for(&mut self, guest: ClientId, host: ClientId) -> u64 {
+        if let Some(&link) = self.links.get(&(guest, host)) {
+            return link;
+        }
+        let link = self.next_link;
+        self.next_link += 1;
+        self.links.insert((guest, host), link);
+        tracing::debug!(link, guest = guest.0, host = host.0, "link created");
+        self.actions
+            .push_back(Action::CreateLink { link, guest, host });
+        link
     }
 
     fn send_message(&mut self, client: ClientId, message: &Message) {
@@ -680,14 +777,20 @@ impl Server {
         tracing::debug!(client = client.0, "received {ty}");
         let expected = match message {
             Message::GpadlHeader(_) => 1,
-            Message::OpenChannel(_) => 2,
             _ => 0,
         };
         if fds.len() != expected {
+            // OPENCHANNEL carried two eventfds in an older version of this
+            // protocol: say where signals went, for a client built against it.
+            let hint = if matches!(message, Message::OpenChannel(_)) {
+                " (signals travel over the link the host creates for each pair of processes, not with OPENCHANNEL)"
+            } else {
+                ""
+            };
             self.disconnect(
                 client,
                 format!(
-                    "{ty} came with {} file descriptors; it must carry {expected}",
+                    "{ty} came with {} file descriptors; it must carry {expected}{hint}",
                     fds.len()
                 ),
             );
@@ -727,13 +830,7 @@ impl Server {
             Message::GpadlTeardown { child_relid, gpadl } => {
                 self.gpadl_teardown(client, child_relid, gpadl)
             }
-            Message::OpenChannel(open) => {
-                let h2g = fds.pop();
-                let g2h = fds.pop();
-                if let (Some(g2h), Some(h2g)) = (g2h, h2g) {
-                    self.open_channel(client, &open, g2h, h2g);
-                }
-            }
+            Message::OpenChannel(open) => self.open_channel(client, &open),
             Message::CloseChannel { child_relid } => self.close_channel(client, child_relid),
             Message::RelidReleased { child_relid } => self.relid_released(client, child_relid),
             other => self.disconnect(
@@ -821,36 +918,36 @@ impl Server {
                     .get(&(req.host_service_id, filter))
                     .map(|c| (*c, filter))
             });
-        let refuse = |why: &str| {
-            tracing::info!(
-                client = client.0,
-                service = %req.host_service_id,
-                endpoint = %req.guest_endpoint_id,
-                "guest connect refused: {why}"
-            );
+        let accepted = match listener {
+            _ if endpoint_busy => Err("the guest endpoint is already connected".to_string()),
+            None => Err("no host process listens on that service".to_string()),
+            Some(listener) => match self.alloc_relid() {
+                Some(relid) => Ok((listener, relid)),
+                None => Err(self.no_relid_reason()),
+            },
         };
-        let Some((listener, listener_vm_id)) = listener.filter(|_| !endpoint_busy) else {
-            refuse(if endpoint_busy {
-                "the guest endpoint is already connected"
-            } else {
-                "no host process listens on that service"
-            });
-            // TL_CONNECT_RESULT exists from 4.1 on; older guests time out.
-            if version >= VERSION_WIN10_V4_1 {
-                self.send_message(
-                    client,
-                    &Message::TlConnectResult(TlConnectResult {
-                        endpoint_id: req.guest_endpoint_id,
-                        service_id: req.host_service_id,
-                        status: STATUS_CONNECTION_REFUSED,
-                    }),
+        let ((listener, listener_vm_id), relid) = match accepted {
+            Ok(ok) => ok,
+            Err(why) => {
+                tracing::info!(
+                    client = client.0,
+                    service = %req.host_service_id,
+                    endpoint = %req.guest_endpoint_id,
+                    "guest connect refused: {why}"
                 );
+                // TL_CONNECT_RESULT exists from 4.1 on; older guests time out.
+                if version >= VERSION_WIN10_V4_1 {
+                    self.send_message(
+                        client,
+                        &Message::TlConnectResult(TlConnectResult {
+                            endpoint_id: req.guest_endpoint_id,
+                            service_id: req.host_service_id,
+                            status: STATUS_CONNECTION_REFUSED,
+                        }),
+                    );
+                }
+                return;
             }
-            return;
-        };
-        let Some(relid) = self.alloc_relid() else {
-            refuse("no relid is free");
-            return;
         };
         self.offer(
             now,
@@ -896,13 +993,27 @@ impl Server {
         self.send_message(guest, &Message::OfferChannel(offer));
     }
 
+    /// The lowest free relid, or `None` when all of `1..=max_relid` are
+    /// taken (a relid above [`MAX_RELID`] would have no bit in a link's
+    /// bitmaps).
     fn alloc_relid(&mut self) -> Option<u32> {
         if let Some(relid) = self.free_relids.pop_first() {
             return Some(relid);
         }
         let relid = self.next_relid;
-        self.next_relid = self.next_relid.checked_add(1)?;
+        if relid > self.max_relid {
+            return None;
+        }
+        self.next_relid += 1;
         Some(relid)
+    }
+
+    /// Why [`Server::alloc_relid`] found nothing, for logs and refusals.
+    fn no_relid_reason(&self) -> String {
+        format!(
+            "no relid is free: all {} channels the host can hold are in use",
+            self.max_relid
+        )
     }
 
     fn gpadl_header(&mut self, client: ClientId, header: &GpadlHeader, fd: OwnedFd) {
@@ -1088,7 +1199,7 @@ impl Server {
         }
     }
 
-    fn open_channel(&mut self, client: ClientId, open: &OpenChannel, g2h: OwnedFd, h2g: OwnedFd) {
+    fn open_channel(&mut self, client: ClientId, open: &OpenChannel) {
         let relid = open.child_relid;
         let Some(state) = self.own_channel(client, relid, "OPENCHANNEL") else {
             return;
@@ -1156,9 +1267,13 @@ impl Server {
         ch.state = ChannelState::Open { conn, layout };
         let (vm, origin, if_type, if_instance) = (ch.vm, ch.origin, ch.if_type, ch.if_instance);
         self.conns.insert(conn, relid);
-        tracing::info!(relid, conn, "channel open");
+        // The link first (a CreateLink if the pair has none), then every
+        // message that names it: the guest learns it before its result.
+        let link = self.link_for(client, origin.host_client());
+        tracing::info!(relid, conn, link, "channel open");
+        self.send_event(client, &ExtEvent::ChannelLink { relid, link }, Vec::new());
         self.send_message(client, &result(STATUS_SUCCESS));
-        let fds = vec![memfd, Arc::new(g2h), Arc::new(h2g)];
+        let fds = vec![memfd];
         match origin {
             Origin::Guest {
                 listener,
@@ -1167,6 +1282,8 @@ impl Server {
                 listener,
                 &ExtEvent::HostIncoming {
                     conn,
+                    relid,
+                    link,
                     service_id: if_type,
                     listener_vm_id,
                     vm_id: vm,
@@ -1184,6 +1301,8 @@ impl Server {
                     &ExtEvent::HostConnected {
                         request,
                         conn,
+                        relid,
+                        link,
                         vm_id: vm,
                         endpoint_id: if_instance,
                         layout,
@@ -1575,7 +1694,8 @@ impl Server {
             return fail(self, ConnectFailure::Refused, "no host port is free".into());
         };
         let Some(relid) = self.alloc_relid() else {
-            return fail(self, ConnectFailure::Refused, "no relid is free".into());
+            let message = self.no_relid_reason();
+            return fail(self, ConnectFailure::Refused, message);
         };
         self.host_ports.insert(host_port);
         self.host_connects.insert((client, request), relid);

@@ -1,8 +1,10 @@
 //! Tests of the server state machine, one state at a time: a constructor
 //! per state (`offered_*`, `with_gpadl`, `opened`), message templates and
-//! `#[track_caller]` expectations, real memfds and eventfds where rings are
-//! involved, and explicit `now` for every timeout.
+//! `#[track_caller]` expectations, real memfds where rings are involved
+//! (eventfds only as descriptors a message must not carry), the links
+//! between pairs of processes, and explicit `now` for every timeout.
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -79,6 +81,12 @@ fn eventfds() -> Vec<OwnedFd> {
     ]
 }
 
+/// The GPADL handle the harness uses for channel `relid`: distinct per
+/// channel, since a guest may not reuse one; 0xE1E10 for relid 1.
+fn gpadl_handle(relid: u32) -> u32 {
+    0xE1E0F_u32.wrapping_add(relid)
+}
+
 fn memfd(pages: u32) -> SharedMemory {
     SharedMemory::create("server-test", pages as usize * PAGE_SIZE).unwrap()
 }
@@ -94,6 +102,9 @@ struct Harness {
     now: Instant,
     alpha: Guid,
     next_client: u64,
+    /// Links seen in CreateLink actions: (guest, host) → link. Client ids
+    /// are never reused here, so entries of gone clients do no harm.
+    links: HashMap<(ClientId, ClientId), u64>,
 }
 
 /// A channel in some state, with who is on each side.
@@ -115,6 +126,8 @@ struct Setup {
 struct Opened {
     setup: Setup,
     conn: u64,
+    /// The link of the guest and host processes.
+    link: u64,
     guest_mem: SharedMemory,
     host_fds: Vec<Arc<OwnedFd>>,
 }
@@ -132,6 +145,7 @@ impl Harness {
             now: Instant::now(),
             alpha,
             next_client: 1,
+            links: HashMap::new(),
         };
         assert!(matches!(h.next(), Some(Action::VmAdded { .. })));
         h.expect_nothing();
@@ -233,6 +247,47 @@ impl Harness {
             Some(Action::Disconnect { client, reason }) if client == who => reason,
             other => panic!("expected {who:?} to be disconnected, got {other:?}"),
         }
+    }
+
+    /// A CreateLink for this pair; returns the link.
+    #[track_caller]
+    fn expect_create_link(&mut self, guest: ClientId, host: ClientId) -> u64 {
+        match self.next() {
+            Some(Action::CreateLink {
+                link,
+                guest: g,
+                host: h,
+            }) if (g, h) == (guest, host) => {
+                let known = self.links.insert((guest, host), link);
+                assert_eq!(known, None, "a second CreateLink for one pair");
+                assert!(
+                    !self
+                        .links
+                        .iter()
+                        .any(|(k, l)| *l == link && *k != (guest, host)),
+                    "link {link} was given to another pair"
+                );
+                link
+            }
+            other => panic!("expected a CreateLink for {guest:?} and {host:?}, got {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    fn expect_channel_link(&mut self, guest: ClientId, relid: u32) -> u64 {
+        let (event, fds) = self.expect_event(guest);
+        assert!(fds.is_empty(), "ChannelLink carries no fds");
+        match event {
+            ExtEvent::ChannelLink { relid: r, link } if r == relid => link,
+            other => panic!("expected ChannelLink for relid {relid}, got {other:?}"),
+        }
+    }
+
+    #[track_caller]
+    fn expect_link_closed(&mut self, to: ClientId, link: u64) {
+        let (event, fds) = self.expect_event(to);
+        assert!(fds.is_empty(), "LinkClosed carries no fds");
+        assert_eq!(event, ExtEvent::LinkClosed { link });
     }
 
     #[track_caller]
@@ -355,11 +410,15 @@ impl Harness {
         }
     }
 
-    /// The guest described its rings (12 pages) with GPADL 0xE1E10.
+    /// The guest described its rings (12 pages) with GPADL [`gpadl_handle`].
     #[track_caller]
     fn with_gpadl(&mut self, s: Setup) -> SharedMemory {
         let mem = memfd(PAGES);
-        let msgs = gpadl_msgs(s.relid, 0xE1E10, (0..u64::from(PAGES)).collect());
+        let msgs = gpadl_msgs(
+            s.relid,
+            gpadl_handle(s.relid),
+            (0..u64::from(PAGES)).collect(),
+        );
         let mut fds = vec![dup(&mem)];
         for m in msgs {
             let f = if matches!(m, Message::GpadlHeader(_)) {
@@ -373,7 +432,7 @@ impl Harness {
             self.expect_vmbus(s.guest),
             Message::GpadlCreated {
                 child_relid: s.relid,
-                gpadl: 0xE1E10,
+                gpadl: gpadl_handle(s.relid),
                 creation_status: 0
             }
         );
@@ -381,11 +440,18 @@ impl Harness {
         mem
     }
 
-    /// The guest opened the channel; the host side got its event.
+    /// The guest opened the channel: the pair's link is created if it is
+    /// their first channel, the guest hears the link then the result, and
+    /// the host side gets its event with the memfd only.
     #[track_caller]
     fn opened(&mut self, s: Setup) -> Opened {
         let guest_mem = self.with_gpadl(s);
-        self.vmbus_fds(s.guest, open_msg(s.relid, 0xE1E10, SPLIT), eventfds());
+        self.vmbus(s.guest, open_msg(s.relid, gpadl_handle(s.relid), SPLIT));
+        let link = match self.links.get(&(s.guest, s.host)) {
+            Some(&link) => link,
+            None => self.expect_create_link(s.guest, s.host),
+        };
+        assert_eq!(self.expect_channel_link(s.guest, s.relid), link);
         assert_eq!(
             self.expect_vmbus(s.guest),
             Message::OpenChannelResult {
@@ -402,12 +468,15 @@ impl Harness {
         let conn = match event {
             ExtEvent::HostIncoming {
                 conn,
+                relid,
+                link: l_id,
                 service_id,
                 listener_vm_id,
                 vm_id,
                 endpoint_id,
                 layout: l,
             } if !s.from_host => {
+                assert_eq!((relid, l_id), (s.relid, link));
                 assert_eq!(service_id, service());
                 assert_eq!(listener_vm_id, s.listener_vm_id);
                 assert_eq!(vm_id, self.alpha);
@@ -418,10 +487,13 @@ impl Harness {
             ExtEvent::HostConnected {
                 request,
                 conn,
+                relid,
+                link: l_id,
                 vm_id,
                 layout: l,
                 ..
             } if s.from_host => {
+                assert_eq!((relid, l_id), (s.relid, link));
                 assert_eq!(request, s.request);
                 assert_eq!(vm_id, self.alpha);
                 assert_eq!(l, layout);
@@ -429,11 +501,12 @@ impl Harness {
             }
             other => panic!("unexpected host event {other:?}"),
         };
-        assert_eq!(host_fds.len(), 3);
+        assert_eq!(host_fds.len(), 1, "only the rings' memfd");
         self.expect_nothing();
         Opened {
             setup: s,
             conn,
+            link,
             guest_mem,
             host_fds,
         }
@@ -462,12 +535,14 @@ impl Harness {
             s.guest,
             Message::GpadlTeardown {
                 child_relid: s.relid,
-                gpadl: 0xE1E10,
+                gpadl: gpadl_handle(s.relid),
             },
         );
         assert_eq!(
             self.expect_vmbus(s.guest),
-            Message::GpadlTorndown { gpadl: 0xE1E10 }
+            Message::GpadlTorndown {
+                gpadl: gpadl_handle(s.relid)
+            }
         );
         self.vmbus(
             s.guest,
@@ -557,11 +632,6 @@ fn guest_connect_end_to_end_shares_the_rings_with_the_host() {
     let mut buf = [0u8; 14];
     host_map.read(4096 + 8, &mut buf).unwrap();
     assert_eq!(&buf, b"from the guest");
-    // The eventfds are the guest's: a signal on the host's copy of the
-    // guest -> host one wakes a reader of the same descriptor.
-    let g2h = EventFd::from_fd(o.host_fds[1].try_clone().unwrap()).unwrap();
-    g2h.signal().unwrap();
-    assert!(g2h.try_wait().unwrap());
 
     h.rescinded(&o);
     h.guest_teardown(s);
@@ -872,7 +942,7 @@ fn host_cancel_rescinds_the_offer() {
     h.expect_rescind(s.guest, s.relid);
     h.expect_nothing();
     // The guest's open after the rescind is ignored.
-    h.vmbus_fds(s.guest, open_msg(s.relid, 0xE1E10, SPLIT), eventfds());
+    h.vmbus(s.guest, open_msg(s.relid, 0xE1E10, SPLIT));
     h.expect_nothing();
     h.guest_teardown(s);
 }
@@ -959,7 +1029,7 @@ fn host_close_at_every_state() {
                 child_relid: s.relid,
             },
         );
-        h.vmbus_fds(s.guest, open_msg(s.relid, 0xE1E10, SPLIT), eventfds());
+        h.vmbus(s.guest, open_msg(s.relid, 0xE1E10, SPLIT));
         h.expect_nothing();
         if stage > 0 {
             h.vmbus(
@@ -1011,10 +1081,15 @@ fn guest_death_at_every_state() {
         let mut h = Harness::new();
         let s = h.offered_by_host();
         let _keep;
+        let mut link = None;
         match stage {
             0 => {}
             1 => _keep = Some(h.with_gpadl(s)),
-            _ => _keep = Some(h.opened(s).guest_mem),
+            _ => {
+                let o = h.opened(s);
+                link = Some(o.link);
+                _keep = Some(o.guest_mem);
+            }
         }
         h.gone(s.guest);
         let (event, _) = h.expect_event(s.host);
@@ -1022,6 +1097,10 @@ fn guest_death_at_every_state() {
             (0 | 1, ExtEvent::HostConnectFailed { request: 7, .. }) => {}
             (2, ExtEvent::HostRevoked { .. }) => {}
             (_, other) => panic!("stage {stage}: {other:?}"),
+        }
+        // A link exists once a channel opened; it closes after the channels.
+        if let Some(link) = link {
+            h.expect_link_closed(s.host, link);
         }
         h.expect_nothing();
         // Its relids are free at once and its listeners are gone.
@@ -1058,13 +1137,21 @@ fn host_death_at_every_state() {
             h.offered_by_guest()
         };
         let _keep;
+        let mut link = None;
         match stage {
             0 => {}
             1 => _keep = Some(h.with_gpadl(s)),
-            _ => _keep = Some(h.opened(s).guest_mem),
+            _ => {
+                let o = h.opened(s);
+                link = Some(o.link);
+                _keep = Some(o.guest_mem);
+            }
         }
         h.gone(s.host);
         h.expect_rescind(s.guest, s.relid);
+        if let Some(link) = link {
+            h.expect_link_closed(s.guest, link);
+        }
         h.expect_nothing();
         // Its listeners are gone: a new guest connect is refused.
         if !from_host {
@@ -1223,7 +1310,9 @@ fn a_large_gpadl_arrives_in_bodies() {
         }
     ));
     // Open with 50 + 50 pages.
-    h.vmbus_fds(s.guest, open_msg(s.relid, 9, 50), eventfds());
+    h.vmbus(s.guest, open_msg(s.relid, 9, 50));
+    let link = h.expect_create_link(s.guest, s.host);
+    assert_eq!(h.expect_channel_link(s.guest, s.relid), link);
     assert!(matches!(
         h.expect_vmbus(s.guest),
         Message::OpenChannelResult { status: 0, .. }
@@ -1254,7 +1343,7 @@ fn openchannel_validation() {
         let mut h = Harness::new();
         let s = h.offered_by_guest();
         let _mem = h.with_gpadl(s);
-        h.vmbus_fds(s.guest, open_msg(s.relid, gpadl, split), eventfds());
+        h.vmbus(s.guest, open_msg(s.relid, gpadl, split));
         assert!(
             matches!(
                 h.expect_vmbus(s.guest),
@@ -1270,7 +1359,7 @@ fn openchannel_validation() {
     // No GPADL at all.
     let mut h = Harness::new();
     let s = h.offered_by_guest();
-    h.vmbus_fds(s.guest, open_msg(s.relid, 0xE1E10, SPLIT), eventfds());
+    h.vmbus(s.guest, open_msg(s.relid, 0xE1E10, SPLIT));
     assert!(matches!(
         h.expect_vmbus(s.guest),
         Message::OpenChannelResult {
@@ -1282,7 +1371,7 @@ fn openchannel_validation() {
     let mut h = Harness::new();
     let s = h.offered_by_guest();
     let o = h.opened(s);
-    h.vmbus_fds(s.guest, open_msg(s.relid, 0xE1E10, SPLIT), eventfds());
+    h.vmbus(s.guest, open_msg(s.relid, 0xE1E10, SPLIT));
     assert!(matches!(
         h.expect_vmbus(s.guest),
         Message::OpenChannelResult {
@@ -1300,7 +1389,8 @@ fn wrong_descriptor_counts_disconnect() {
         (gpadl_msgs(1, 5, vec![0, 1, 2, 3])[0].clone(), 0),
         (gpadl_msgs(1, 5, vec![0, 1, 2, 3])[0].clone(), 2),
         (open_msg(1, 5, 2), 1),
-        (open_msg(1, 5, 2), 3),
+        // The older protocol's OPENCHANNEL, with two eventfds.
+        (open_msg(1, 5, 2), 2),
     ];
     for (message, n) in cases {
         let mut h = Harness::new();
@@ -1315,6 +1405,27 @@ fn wrong_descriptor_counts_disconnect() {
         h.ext(s.host, ExtRequest::VmList);
         assert!(matches!(h.expect_event(s.host).0, ExtEvent::VmList { .. }));
     }
+}
+
+#[test]
+fn an_openchannel_with_eventfds_disconnects_the_guest_and_says_why() {
+    let mut h = Harness::new();
+    let s = h.offered_by_guest();
+    let _mem = h.with_gpadl(s);
+    h.vmbus_fds(s.guest, open_msg(s.relid, 0xE1E10, SPLIT), eventfds());
+    let reason = h.expect_disconnect(s.guest);
+    assert!(
+        reason.contains("came with 2 file descriptors; it must carry 0"),
+        "{reason}"
+    );
+    assert!(
+        reason.starts_with("OPENCHANNEL") && reason.contains("link"),
+        "{reason}"
+    );
+    // Nothing opened, so no link was made; the channel just ends.
+    h.expect_nothing();
+    assert_eq!(h.server.channel_count(), 0);
+    assert!(h.server.links.is_empty());
 }
 
 #[test]
@@ -1400,17 +1511,24 @@ fn a_thousand_channels_at_once() {
                 ..
             }
         ));
-        h.vmbus_fds(guest, open_msg(s.relid, 0x100 + s.relid, 2), eventfds());
+        h.vmbus(guest, open_msg(s.relid, 0x100 + s.relid, 2));
+        // One link for the pair, made by the first open only.
+        if i == 0 {
+            h.expect_create_link(guest, host);
+        }
+        let link = h.expect_channel_link(guest, s.relid);
         assert!(matches!(
             h.expect_vmbus(guest),
             Message::OpenChannelResult { status: 0, .. }
         ));
-        let (ExtEvent::HostConnected { conn, .. }, fds) = h.expect_event(host) else {
+        let (ExtEvent::HostConnected { conn, link: l, .. }, fds) = h.expect_event(host) else {
             panic!()
         };
-        assert_eq!(fds.len(), 3);
+        assert_eq!(l, link);
+        assert_eq!(fds.len(), 1);
         assert!(conns.insert(conn));
     }
+    let link = h.links[&(guest, host)];
     let (report, rings) = h.server.stat();
     assert_eq!(report.channels.len(), 1000);
     assert_eq!(rings.len(), 1000);
@@ -1423,8 +1541,244 @@ fn a_thousand_channels_at_once() {
             ExtEvent::HostRevoked { .. }
         ));
     }
+    h.expect_link_closed(host, link);
     h.expect_nothing();
     assert_eq!(h.server.channel_count(), 0);
+}
+
+#[test]
+fn relids_stop_at_the_cap_and_connects_are_refused_cleanly() {
+    let mut h = Harness::new();
+    h.server.max_relid = 3;
+    let guest = h.listening_guest();
+    let host = h.listening_host();
+    let relids: Vec<u32> = (0..3)
+        .map(|i| h.host_connect_to(host, guest, i).relid)
+        .collect();
+    assert_eq!(relids, [1, 2, 3]);
+    // A host connect beyond the cap fails at once, saying why.
+    h.ext(
+        host,
+        ExtRequest::HostConnect {
+            request: 3,
+            vm_id: h.alpha,
+            vm_name: None,
+            service_id: service(),
+        },
+    );
+    match h.expect_event(host).0 {
+        ExtEvent::HostConnectFailed {
+            request: 3,
+            failure: ConnectFailure::Refused,
+            message,
+        } => assert!(message.contains("no relid is free"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    h.expect_nothing();
+    // A guest connect beyond the cap is refused with TL_CONNECT_RESULT.
+    h.vmbus(guest, tl_connect(GUEST_PORT, SERVICE_PORT));
+    let Message::TlConnectResult(r) = h.expect_vmbus(guest) else {
+        panic!()
+    };
+    assert_eq!(r.status, STATUS_CONNECTION_REFUSED);
+    h.expect_nothing();
+    // Once the guest gives one back, it is handed out again; the cap holds.
+    h.vmbus(guest, Message::RelidReleased { child_relid: 2 });
+    assert!(matches!(
+        h.expect_event(host).0,
+        ExtEvent::HostConnectFailed { request: 1, .. }
+    ));
+    assert_eq!(h.offer_to(host, guest, GUEST_PORT).relid, 2);
+    assert_eq!(h.server.alloc_relid(), None);
+}
+
+#[test]
+fn the_cap_is_max_relid() {
+    let mut h = Harness::new();
+    assert_eq!(h.server.max_relid, MAX_RELID);
+    // Pretend every relid below MAX_RELID is taken.
+    h.server.next_relid = MAX_RELID;
+    let s = h.offered_by_host();
+    assert_eq!(s.relid, MAX_RELID);
+    h.ext(
+        s.host,
+        ExtRequest::HostConnect {
+            request: 8,
+            vm_id: h.alpha,
+            vm_name: None,
+            service_id: service(),
+        },
+    );
+    assert!(matches!(
+        h.expect_event(s.host).0,
+        ExtEvent::HostConnectFailed {
+            failure: ConnectFailure::Refused,
+            ..
+        }
+    ));
+    // Released, MAX_RELID folds back into the counter and comes again.
+    h.vmbus(
+        s.guest,
+        Message::RelidReleased {
+            child_relid: MAX_RELID,
+        },
+    );
+    assert!(matches!(
+        h.expect_event(s.host).0,
+        ExtEvent::HostConnectFailed { request: 7, .. }
+    ));
+    assert_eq!(h.server.next_relid, MAX_RELID);
+    assert_eq!(h.host_connect_to(s.host, s.guest, 9).relid, MAX_RELID);
+}
+
+// ---- links ----
+
+#[test]
+fn the_first_open_of_a_pair_creates_its_link_before_anything_names_it() {
+    let mut h = Harness::new();
+    let s = h.offered_by_guest();
+    let _mem = h.with_gpadl(s);
+    h.vmbus(s.guest, open_msg(s.relid, 0xE1E10, SPLIT));
+    // In this order: CreateLink, ChannelLink to the guest, the result, the
+    // host's HostIncoming with the memfd only.
+    let Some(Action::CreateLink { link, guest, host }) = h.next() else {
+        panic!("expected CreateLink first")
+    };
+    assert_eq!((link, guest, host), (1, s.guest, s.host));
+    let (event, fds) = h.expect_event(s.guest);
+    assert_eq!(
+        event,
+        ExtEvent::ChannelLink {
+            relid: s.relid,
+            link
+        }
+    );
+    assert!(fds.is_empty());
+    assert_eq!(
+        h.expect_vmbus(s.guest),
+        Message::OpenChannelResult {
+            child_relid: s.relid,
+            openid: s.relid,
+            status: 0
+        }
+    );
+    let (event, fds) = h.expect_event(s.host);
+    let ExtEvent::HostIncoming { relid, link: l, .. } = event else {
+        panic!("{event:?}")
+    };
+    assert_eq!((relid, l), (s.relid, link));
+    assert_eq!(fds.len(), 1);
+    SharedMemory::from_fd(fds[0].try_clone().unwrap(), PAGES as usize * PAGE_SIZE)
+        .expect("the one fd is the rings' memfd");
+    h.expect_nothing();
+}
+
+#[test]
+fn links_are_per_pair_of_processes() {
+    let mut h = Harness::new();
+    let host = h.listening_host();
+    let guest = h.listening_guest();
+    let first = h.offer_to(host, guest, GUEST_PORT);
+    let first = h.opened(first);
+    // A second channel of the same pair reuses the link (`opened` would
+    // fail on a CreateLink it does not expect).
+    let second = h.offer_to(host, guest, GUEST_PORT + 1);
+    let second = h.opened(second);
+    assert_eq!(second.link, first.link);
+    // So does one in the other direction.
+    let third = h.host_connect_to(host, guest, 1);
+    assert_eq!(h.opened(third).link, first.link);
+    // Another host process: another link.
+    let other_host = h.host();
+    let s = h.host_connect_to(other_host, guest, 1);
+    let other = h.opened(s);
+    assert_ne!(other.link, first.link);
+    // Another guest process of the same host: another link again.
+    let other_guest = h.guest();
+    let s = h.offer_to(host, other_guest, GUEST_PORT + 2);
+    let third_link = h.opened(s).link;
+    assert!(third_link != first.link && third_link != other.link);
+    assert_eq!(h.server.links.len(), 3);
+    // Channels ending does not end the link: it lasts as long as the pair.
+    h.rescinded(&first);
+    h.guest_teardown(first.setup);
+    h.rescinded(&second);
+    h.guest_teardown(second.setup);
+    let again = h.offer_to(host, guest, GUEST_PORT + 3);
+    assert_eq!(h.opened(again).link, first.link);
+    // A failed open makes no link.
+    let lonely = h.guest();
+    let s = h.offer_to(host, lonely, GUEST_PORT + 4);
+    h.vmbus(lonely, open_msg(s.relid, 0xE1E10, SPLIT));
+    assert!(matches!(
+        h.expect_vmbus(lonely),
+        Message::OpenChannelResult {
+            status: STATUS_UNSUCCESSFUL,
+            ..
+        }
+    ));
+    h.expect_nothing();
+    assert_eq!(h.server.links.len(), 3);
+}
+
+#[test]
+fn a_host_process_leaving_closes_its_links_for_the_guests() {
+    let mut h = Harness::new();
+    let host = h.listening_host();
+    let other_host = h.host();
+    let g1 = h.listening_guest();
+    let g2 = h.guest();
+    let a = h.offer_to(host, g1, GUEST_PORT);
+    let a = h.opened(a);
+    let b = h.offer_to(host, g2, GUEST_PORT + 1);
+    let b = h.opened(b);
+    let c = h.host_connect_to(other_host, g1, 1);
+    let c = h.opened(c);
+    h.gone(host);
+    // Channels end first, then each guest hears its link is closed.
+    h.expect_rescind(g1, a.setup.relid);
+    h.expect_rescind(g2, b.setup.relid);
+    h.expect_link_closed(g1, a.link);
+    h.expect_link_closed(g2, b.link);
+    h.expect_nothing();
+    assert_eq!(h.server.links.len(), 1);
+    // The other host's link with g1 is untouched: its channel still works
+    // and new ones reuse the link.
+    let d = h.host_connect_to(other_host, g1, 2);
+    assert_eq!(h.opened(d).link, c.link);
+}
+
+#[test]
+fn a_guest_process_leaving_closes_its_links_for_the_hosts() {
+    let mut h = Harness::new();
+    let h1 = h.listening_host();
+    let h2 = h.host();
+    let guest = h.listening_guest();
+    let other_guest = h.guest();
+    let a = h.offer_to(h1, guest, GUEST_PORT);
+    let a = h.opened(a);
+    let b = h.host_connect_to(h2, guest, 1);
+    let b = h.opened(b);
+    let c = h.offer_to(h1, other_guest, GUEST_PORT + 1);
+    let c = h.opened(c);
+    // Disconnected for breaking the protocol: the same as leaving.
+    h.vmbus(guest, Message::RescindChannelOffer { child_relid: 1 });
+    for (host, o) in [(h1, &a), (h2, &b)] {
+        let (event, _) = h.expect_event(host);
+        assert!(matches!(event, ExtEvent::HostRevoked { conn, .. } if conn == o.conn));
+    }
+    h.expect_link_closed(h1, a.link);
+    h.expect_link_closed(h2, b.link);
+    assert!(h.expect_disconnect(guest).contains("host-to-guest"));
+    h.expect_nothing();
+    // The other guest's link with h1 stays.
+    assert_eq!(h.server.links.len(), 1);
+    let d = h.offer_to(h1, other_guest, GUEST_PORT + 2);
+    assert_eq!(h.opened(d).link, c.link);
+    // Link ids are not reused.
+    let g3 = h.guest();
+    let e = h.offer_to(h1, g3, GUEST_PORT + 3);
+    assert_eq!(h.opened(e).link, 4);
 }
 
 // ---- administration ----
@@ -1542,6 +1896,8 @@ fn removing_a_vm_ends_its_channels_and_disconnects_its_processes() {
     assert!(matches!(e, ExtEvent::HostRevoked { conn, .. } if conn == o.conn));
     let (e, _) = h.expect_event(s.host);
     assert!(matches!(e, ExtEvent::HostConnectFailed { request, .. } if request == s2.request));
+    // The guest process goes with its VM, and its link with it.
+    h.expect_link_closed(s.host, o.link);
     assert!(h.expect_disconnect(s.guest).contains("removed"));
     assert!(matches!(h.next(), Some(Action::VmRemoved { name, .. }) if name == "alpha"));
     assert!(matches!(
@@ -1845,6 +2201,13 @@ proptest! {
                 prop_assert!(!h.server.channels.contains_key(relid));
                 prop_assert!(*relid < h.server.next_relid);
             }
+            // Links join a live guest and a live host process, one each.
+            for (guest, host) in h.server.links.keys() {
+                let is = |c: &ClientId, root: bool| {
+                    h.server.clients.get(c).is_some_and(|c| c.guest.is_none() == root)
+                };
+                prop_assert!(is(guest, false) && is(host, true));
+            }
         }
         // Everybody leaves: nothing remains.
         for c in clients {
@@ -1853,5 +2216,6 @@ proptest! {
         while h.next().is_some() {}
         prop_assert_eq!(h.server.channel_count(), 0);
         prop_assert_eq!(h.server.next_timeout(), None);
+        prop_assert!(h.server.links.is_empty());
     }
 }

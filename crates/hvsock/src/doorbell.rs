@@ -1,0 +1,596 @@
+//! Signals between this process and its peers, VMBus-style: one *link* per
+//! peer process (an eventfd each way and two bitmaps with a bit per relid,
+//! see [`vmbus::ext`]'s "Signals"), however many channels the two share.
+//!
+//! Owns the links of one endpoint, the per-channel [`Signal`]s, and who
+//! waits on the links' eventfds. Knows nothing of rings or streams: a
+//! channel rings its link ([`Link::ring`]) when the ring rules say the peer
+//! must be woken, and waits on its [`Signal`] ([`Doorbell::wait`]).
+//!
+//! The links' eventfds sit in one epoll set, edge-triggered: each write by a
+//! peer is one event, and nobody ever reads an eventfd (one system call per
+//! wake-up, not two). One thread at a time (the *poller*) waits in
+//! `epoll_wait`; it takes the bits of the links that fired, bumps the
+//! generation of each channel named, and wakes the threads parked for those
+//! channels. A thread waiting for a channel becomes the
+//! poller when nobody is; when a poller leaves (its own channel fired), it
+//! hands the role to a parked thread. A process that only waits in one
+//! thread thus sleeps in `poll` itself and pays no extra context switch.
+//! Async tasks and callers of a stream's readiness descriptor have no thread
+//! waiting for them, so for them a background thread takes the poller role
+//! whenever no application thread holds it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::task::Waker;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hvsock_shm::{EventFd, Mapping, SharedMemory};
+use rustix::event::epoll;
+use vmbus::ext::{GUEST_TO_HOST_FLAGS, HOST_TO_GUEST_FLAGS, LINK_FLAGS_BYTES, MAX_RELID};
+
+use crate::channel::Side;
+use crate::error::{err, shm_io};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The signal path to one peer process.
+#[derive(Debug)]
+pub(crate) struct Link {
+    id: u64,
+    flags: Mapping,
+    /// Byte offset of the bitmap we set (the peer takes it).
+    outgoing_bits: usize,
+    /// Byte offset of the bitmap the peer sets (we take it).
+    incoming_bits: usize,
+    /// Signalled by the peer; we wait on it.
+    incoming: EventFd,
+    /// We signal it; the peer waits on it.
+    outgoing: EventFd,
+}
+
+impl Link {
+    /// A link whose descriptors came from the host: the flags memfd, the
+    /// eventfd we wait on, the one we signal. Validates all three.
+    pub(crate) fn from_fds(id: u64, side: Side, fds: Vec<OwnedFd>) -> io::Result<Self> {
+        let [flags, incoming, outgoing]: [OwnedFd; 3] = fds.try_into().map_err(|fds: Vec<_>| {
+            err(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the host sent {} file descriptors for signal link {id}, not 3",
+                    fds.len()
+                ),
+            )
+        })?;
+        let memory = SharedMemory::from_fd(flags, LINK_FLAGS_BYTES).map_err(shm_io)?;
+        Self::new(
+            id,
+            side,
+            Mapping::new(&memory).map_err(shm_io)?,
+            EventFd::from_fd(incoming).map_err(shm_io)?,
+            EventFd::from_fd(outgoing).map_err(shm_io)?,
+        )
+    }
+
+    fn new(
+        id: u64,
+        side: Side,
+        flags: Mapping,
+        incoming: EventFd,
+        outgoing: EventFd,
+    ) -> io::Result<Self> {
+        let (outgoing_bits, incoming_bits) = match side {
+            Side::Guest => (GUEST_TO_HOST_FLAGS, HOST_TO_GUEST_FLAGS),
+            Side::Host => (HOST_TO_GUEST_FLAGS, GUEST_TO_HOST_FLAGS),
+        };
+        Ok(Self {
+            id,
+            flags,
+            outgoing_bits,
+            incoming_bits,
+            incoming,
+            outgoing,
+        })
+    }
+
+    /// Both ends of a new link in this process (the guest's, the host's), as
+    /// the host daemon makes them; for tests that build channels without a
+    /// host.
+    #[cfg(test)]
+    pub(crate) fn pair(id: u64) -> io::Result<(Self, Self)> {
+        let memory = SharedMemory::create("hvsock-link", LINK_FLAGS_BYTES).map_err(shm_io)?;
+        let to_guest = EventFd::new().map_err(shm_io)?;
+        let to_host = EventFd::new().map_err(shm_io)?;
+        let dup = |e: &EventFd| -> io::Result<EventFd> {
+            use std::os::fd::AsFd;
+            EventFd::from_fd(e.as_fd().try_clone_to_owned()?).map_err(shm_io)
+        };
+        let guest = Self::new(
+            id,
+            Side::Guest,
+            Mapping::new(&memory).map_err(shm_io)?,
+            dup(&to_guest)?,
+            dup(&to_host)?,
+        )?;
+        let host = Self::new(
+            id,
+            Side::Host,
+            Mapping::new(&memory).map_err(shm_io)?,
+            to_host,
+            to_guest,
+        )?;
+        Ok((guest, host))
+    }
+
+    /// The link's id, as the host named it.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Wakes the peer for channel `relid`: sets its bit, and writes the
+    /// peer's eventfd only if the bit was clear (a set bit means a signal is
+    /// on its way or not yet taken).
+    pub(crate) fn ring(&self, relid: u32) -> io::Result<()> {
+        let word = self.word(self.outgoing_bits, relid / 32)?;
+        let bit = 1u32 << (relid % 32);
+        // SeqCst: our ring stores happen before the bit (release), and the
+        // peer's swap of the word (acquire) therefore sees them.
+        if word.fetch_or(bit, Ordering::SeqCst) & bit == 0 {
+            self.outgoing.signal().map_err(shm_io)?;
+        }
+        Ok(())
+    }
+
+    /// Takes (clears) the bits of the peer's bitmap word `index`.
+    fn take(&self, index: u32) -> u32 {
+        self.word(self.incoming_bits, index)
+            .map_or(0, |w| w.swap(0, Ordering::SeqCst))
+    }
+
+    fn word(&self, bitmap: usize, index: u32) -> io::Result<&std::sync::atomic::AtomicU32> {
+        if index > MAX_RELID / 32 {
+            return Err(err(
+                io::ErrorKind::InvalidInput,
+                format!("relid {} has no bit in a signal link", index * 32),
+            ));
+        }
+        self.flags
+            .atomic_u32(bitmap + 4 * index as usize)
+            .map_err(shm_io)
+    }
+}
+
+/// One channel's wake-ups: a generation that moves each time the peer (or
+/// this process) signals the channel, and whoever waits for it.
+#[derive(Debug, Default)]
+pub(crate) struct Signal {
+    generation: AtomicU64,
+    /// Threads parked for this signal (changed under the doorbell's lock).
+    parked: AtomicUsize,
+    wakers: Mutex<Vec<Waker>>,
+    /// A descriptor made readable on each signal, made on first demand.
+    readiness: OnceLock<EventFd>,
+}
+
+impl Signal {
+    /// The current generation: take it before checking a condition, and
+    /// pass it to [`Doorbell::wait`].
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn fire(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let wakers = std::mem::take(&mut *lock(&self.wakers));
+        for waker in wakers {
+            waker.wake();
+        }
+        if let Some(readiness) = self.readiness.get() {
+            let _ = readiness.signal();
+        }
+    }
+
+    /// Registers `waker` to be woken by the next signal.
+    pub(crate) fn register(&self, waker: &Waker) {
+        let mut wakers = lock(&self.wakers);
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+    }
+
+    /// Takes a pending readiness signal, so that a caller polling the
+    /// readiness descriptor is woken by the next one.
+    pub(crate) fn drain_readiness(&self) -> io::Result<()> {
+        if let Some(readiness) = self.readiness.get() {
+            readiness.try_wait().map_err(shm_io)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct LinkEntry {
+    link: Arc<Link>,
+    /// Channels by relid (more than one only while a released relid's old
+    /// stream lingers beside its new channel).
+    channels: HashMap<u32, Vec<Arc<Signal>>>,
+    /// Bitmap words in use, with how many channels use each.
+    words: BTreeMap<u32, usize>,
+    /// The peer is gone; the entry goes with its last channel.
+    closed: bool,
+}
+
+impl LinkEntry {
+    fn new(link: Arc<Link>) -> Self {
+        Self {
+            link,
+            channels: HashMap::new(),
+            words: BTreeMap::new(),
+            closed: false,
+        }
+    }
+}
+
+/// The epoll data of the kick (link ids are counted up from 1).
+const KICK: u64 = u64::MAX;
+
+/// Events taken from epoll at once; more simply wait for the next call.
+const EVENTS_AT_ONCE: usize = 32;
+
+#[derive(Debug, Default)]
+struct BellState {
+    links: HashMap<u64, LinkEntry>,
+    /// A thread is in `epoll_wait`.
+    polling: bool,
+    /// Threads parked on the condition variable.
+    parked: usize,
+    background: Option<JoinHandle<()>>,
+}
+
+/// The links of one endpoint and the channels that wait on them.
+#[derive(Debug)]
+pub(crate) struct Doorbell {
+    /// The links' incoming eventfds and the kick, edge-triggered.
+    epoll: OwnedFd,
+    /// Interrupts a poller: a local wake-up, the end.
+    kick: EventFd,
+    state: Mutex<BellState>,
+    parked: Condvar,
+    /// The background poller's own signal, fired only to stop it.
+    background: Arc<Signal>,
+    stopping: AtomicBool,
+}
+
+impl Doorbell {
+    pub(crate) fn new() -> io::Result<Arc<Self>> {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        let kick = EventFd::new().map_err(shm_io)?;
+        Self::watch(&epoll, &kick, KICK)?;
+        Ok(Arc::new(Self {
+            epoll,
+            kick,
+            state: Mutex::default(),
+            parked: Condvar::new(),
+            background: Arc::default(),
+            stopping: AtomicBool::new(false),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BellState> {
+        lock(&self.state)
+    }
+
+    /// Edge-triggered: every write to the eventfd is one event, so it is
+    /// never read (its counter only grows; 2^64 - 1 writes are far away).
+    fn watch(epoll: &OwnedFd, event: &EventFd, data: u64) -> io::Result<()> {
+        epoll::add(
+            epoll,
+            event,
+            epoll::EventData::new_u64(data),
+            epoll::EventFlags::IN | epoll::EventFlags::ET,
+        )?;
+        Ok(())
+    }
+
+    /// Adds a link the host announced. A link id seen before is refused
+    /// (the host never reuses ids, so only a confused host sends one).
+    pub(crate) fn add_link(&self, link: Link) -> io::Result<()> {
+        if link.id == KICK {
+            return Err(err(
+                io::ErrorKind::InvalidData,
+                "signal link id u64::MAX is reserved",
+            ));
+        }
+        let mut st = self.lock();
+        if st.links.contains_key(&link.id) {
+            return Err(err(
+                io::ErrorKind::InvalidData,
+                format!("the host sent signal link {} twice", link.id),
+            ));
+        }
+        Self::watch(&self.epoll, &link.incoming, link.id)?;
+        st.links.insert(link.id, LinkEntry::new(Arc::new(link)));
+        Ok(())
+    }
+
+    fn forget(&self, st: &mut BellState, id: u64) {
+        if let Some(entry) = st.links.remove(&id) {
+            let _ = epoll::delete(&self.epoll, &entry.link.incoming);
+        }
+    }
+
+    /// Forgets a link whose peer is gone, once its last channel goes (their
+    /// last signals may still be on the way).
+    pub(crate) fn remove_link(&self, id: u64) {
+        let mut st = self.lock();
+        match st.links.get_mut(&id) {
+            Some(entry) if entry.channels.is_empty() => self.forget(&mut st, id),
+            Some(entry) => entry.closed = true,
+            None => {}
+        }
+    }
+
+    /// The link `id`, if the host announced it and its peer is not gone.
+    pub(crate) fn link(&self, id: u64) -> Option<Arc<Link>> {
+        self.lock()
+            .links
+            .get(&id)
+            .filter(|e| !e.closed)
+            .map(|e| e.link.clone())
+    }
+
+    /// Registers channel `relid` on `link` and returns its signal.
+    pub(crate) fn register(&self, link: &Arc<Link>, relid: u32) -> io::Result<Arc<Signal>> {
+        if relid > MAX_RELID {
+            return Err(err(
+                io::ErrorKind::InvalidData,
+                format!("the host gave relid {relid}, above the largest a link can signal ({MAX_RELID})"),
+            ));
+        }
+        let signal = Arc::new(Signal::default());
+        let mut st = self.lock();
+        let entry = match st.links.entry(link.id) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                // A link its peer left (or one made without the host, in tests).
+                Self::watch(&self.epoll, &link.incoming, link.id)?;
+                entry.insert(LinkEntry::new(link.clone()))
+            }
+        };
+        entry
+            .channels
+            .entry(relid)
+            .or_default()
+            .push(signal.clone());
+        *entry.words.entry(relid / 32).or_default() += 1;
+        // The peer may have rung this relid before we served it (it writes
+        // as soon as the channel is open, and we learn of the channel a
+        // message later), or a channel that had it before left its bit set.
+        // A set bit silences the peer's next rings (they find it set), and
+        // nobody took it, so take it now; the channels it names, the new
+        // one included, look at their rings once more.
+        if Self::take_word(entry, relid / 32) {
+            self.parked.notify_all();
+        }
+        Ok(signal)
+    }
+
+    /// Forgets a channel's signal.
+    pub(crate) fn unregister(&self, link: u64, relid: u32, signal: &Arc<Signal>) {
+        let mut st = self.lock();
+        let Some(entry) = st.links.get_mut(&link) else {
+            return;
+        };
+        let Some(signals) = entry.channels.get_mut(&relid) else {
+            return;
+        };
+        let before = signals.len();
+        signals.retain(|s| !Arc::ptr_eq(s, signal));
+        if signals.len() == before {
+            return;
+        }
+        if signals.is_empty() {
+            entry.channels.remove(&relid);
+        }
+        if let Some(count) = entry.words.get_mut(&(relid / 32)) {
+            *count -= 1;
+            if *count == 0 {
+                entry.words.remove(&(relid / 32));
+            }
+        }
+        if entry.closed && entry.channels.is_empty() {
+            self.forget(&mut st, link);
+        }
+    }
+
+    /// Wakes whoever waits for `signal` without a signal from the peer (the
+    /// channel was closed, shut down, or a new waiter needs a first look).
+    pub(crate) fn wake(&self, signal: &Signal) {
+        signal.fire();
+        let st = self.lock();
+        if signal.parked.load(Ordering::Relaxed) > 0 {
+            self.parked.notify_all();
+        }
+        if st.polling {
+            // The poller may be the thread waiting for this signal.
+            let _ = self.kick.signal();
+        }
+    }
+
+    /// Sleeps until `signal` moved past generation `seen`, or until
+    /// `deadline`. Returns false on timeout.
+    pub(crate) fn wait(
+        &self,
+        signal: &Signal,
+        seen: u64,
+        deadline: Option<Instant>,
+    ) -> io::Result<bool> {
+        let mut st = self.lock();
+        loop {
+            if signal.generation() != seen {
+                return Ok(true);
+            }
+            let remaining = match deadline {
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Ok(false),
+                },
+                None => None,
+            };
+            if st.polling {
+                st.parked += 1;
+                signal.parked.fetch_add(1, Ordering::Relaxed);
+                st = match remaining {
+                    Some(left) => {
+                        self.parked
+                            .wait_timeout(st, left)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
+                    }
+                    None => self.parked.wait(st).unwrap_or_else(|e| e.into_inner()),
+                };
+                st.parked -= 1;
+                signal.parked.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
+            st.polling = true;
+            drop(st);
+            let mut events = [MaybeUninit::<epoll::Event>::uninit(); EVENTS_AT_ONCE];
+            let polled = self.poll_links(&mut events, remaining);
+            st = self.lock();
+            st.polling = false;
+            let mut wake_parked = false;
+            if let Ok(fired) = &polled {
+                for event in fired.iter() {
+                    let id = event.data.u64();
+                    if let Some(entry) = st.links.get(&id) {
+                        wake_parked |= Self::take_signals(entry);
+                    }
+                }
+            }
+            let leaving = polled.is_err()
+                || signal.generation() != seen
+                || deadline.is_some_and(|d| Instant::now() >= d);
+            if wake_parked {
+                self.parked.notify_all();
+            } else if leaving && st.parked > 0 {
+                // Someone must poll in our place.
+                self.parked.notify_one();
+            }
+            polled?;
+        }
+    }
+
+    /// Waits for the links' and the kick's events.
+    fn poll_links<'e>(
+        &self,
+        events: &'e mut [MaybeUninit<epoll::Event>],
+        timeout: Option<Duration>,
+    ) -> io::Result<&'e mut [epoll::Event]> {
+        // Rounded up to whole milliseconds (epoll_wait's unit), so that a
+        // short remainder sleeps instead of spinning.
+        let timespec = timeout.and_then(|t| {
+            // A day at most per call: callers loop until their deadline.
+            let ms = t.as_nanos().div_ceil(1_000_000).min(86_400_000) as u64;
+            rustix::event::Timespec::try_from(Duration::from_millis(ms)).ok()
+        });
+        match epoll::wait(&self.epoll, events, timespec.as_ref()) {
+            Ok((fired, _)) => Ok(fired),
+            Err(rustix::io::Errno::INTR) => Ok(&mut []),
+            Err(e) => Err(io::Error::from(e)),
+        }
+    }
+
+    /// Takes the bits of every channel of a link and fires their signals.
+    /// Returns whether a parked thread waits for one of them.
+    fn take_signals(entry: &LinkEntry) -> bool {
+        let mut wake_parked = false;
+        for &index in entry.words.keys() {
+            wake_parked |= Self::take_word(entry, index);
+        }
+        wake_parked
+    }
+
+    /// Takes the bits of word `index` and fires the channels named.
+    fn take_word(entry: &LinkEntry, index: u32) -> bool {
+        let mut wake_parked = false;
+        let mut bits = entry.link.take(index);
+        while bits != 0 {
+            let bit = bits.trailing_zeros();
+            bits &= bits - 1;
+            // Bits of relids that are not ours are dropped: a peer may set
+            // any bit of its bitmap.
+            for signal in entry
+                .channels
+                .get(&(index * 32 + bit))
+                .into_iter()
+                .flatten()
+            {
+                signal.fire();
+                wake_parked |= signal.parked.load(Ordering::Relaxed) > 0;
+            }
+        }
+        wake_parked
+    }
+
+    /// Makes sure someone polls the links even when no application thread
+    /// waits (async tasks, readiness descriptors).
+    pub(crate) fn ensure_poller(self: &Arc<Self>) -> io::Result<()> {
+        let mut st = self.lock();
+        if st.background.is_some() || self.stopping.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let bell = self.clone();
+        st.background = Some(
+            std::thread::Builder::new()
+                .name("hvsock-signals".into())
+                .spawn(move || bell.poll_in_background())?,
+        );
+        Ok(())
+    }
+
+    fn poll_in_background(&self) {
+        while !self.stopping.load(Ordering::Acquire) {
+            let seen = self.background.generation();
+            if let Err(e) = self.wait(&self.background, seen, None) {
+                tracing::warn!("the signal poller stopped: {e}");
+                return;
+            }
+        }
+    }
+
+    /// The readiness descriptor of `signal`, made on first use; it also
+    /// starts the background poller, as nobody else waits for it.
+    pub(crate) fn readiness<'s>(self: &Arc<Self>, signal: &'s Signal) -> io::Result<&'s EventFd> {
+        if signal.readiness.get().is_none() {
+            let event = EventFd::new().map_err(shm_io)?;
+            // Signalled once: data or space may be there already.
+            let _ = event.signal();
+            let _ = signal.readiness.set(event);
+        }
+        self.ensure_poller()?;
+        Ok(signal.readiness.get().expect("set above"))
+    }
+
+    /// Stops the background poller (the endpoint is going away).
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.wake(&self.background);
+        let thread = self.lock().background.take();
+        if let Some(thread) = thread {
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

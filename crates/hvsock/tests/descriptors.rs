@@ -1,0 +1,226 @@
+//! File descriptors do not grow with connections.
+//!
+//! Signals travel over one link per pair of processes (`vmbus::ext`,
+//! "Signals"): two eventfds in each of the two processes, however many
+//! channels they share; a ring memfd is closed once mapped. So a process
+//! with hundreds of connections holds a handful of descriptors more than
+//! with one, not hundreds. The daemon runs in a child process here, so
+//! that `/proc/self/fd` counts the endpoints' descriptors only.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+use common::*;
+use hvsock::{ConnectOptions, Guest, Guid, Host, HvAddr, HvListener, VsockAddr, VsockStream};
+use vmbus::daemon::{Daemon, DaemonConfig};
+
+const ROLE: &str = "HVSOCK_DESCRIPTORS_DAEMON";
+
+/// The entry point of the daemon child; does nothing in a normal run.
+#[test]
+fn daemon_child() {
+    let Ok(socket) = std::env::var(ROLE) else {
+        return;
+    };
+    let mut config = DaemonConfig::new(PathBuf::from(socket));
+    config.vms.push(("alpha".into(), None));
+    let daemon = Daemon::bind(config).expect("bind");
+    println!("READY");
+    std::io::stdout().flush().unwrap();
+    daemon.run().expect("run");
+    std::process::exit(0);
+}
+
+/// The daemon in a child process; killed and reaped on drop.
+struct ChildDaemon(Child);
+
+impl ChildDaemon {
+    fn start(socket: &Path) -> ChildDaemon {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "daemon_child", "--nocapture", "--test-threads=1"])
+            .env(ROLE, socket)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the daemon");
+        let stdout = child.stdout.take().unwrap();
+        let kid = ChildDaemon(child);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let ready = lines.any(|l| l.is_ok_and(|l| l.contains("READY")));
+            let _ = tx.send(ready);
+            // Keep reading so the child never blocks on a full pipe.
+            for _ in lines {}
+        });
+        assert_eq!(rx.recv_timeout(HANG), Ok(true), "the daemon did not start");
+        kid
+    }
+}
+
+impl Drop for ChildDaemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Held by each test: they count this process's descriptors, so they must
+/// not run at the same time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Connections held open at once.
+const CONNECTIONS: usize = 300;
+
+/// Descriptors this process may gain for [`CONNECTIONS`] connections between
+/// one guest and one host process: the link's two eventfds on each side are
+/// 4; the rest is slack (the standard library or allocator opening something
+/// once). One per connection would be 300.
+const MAX_GROWTH: usize = 16;
+
+#[test]
+fn descriptors_do_not_grow_per_connection() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("hv").join("host.sock");
+    let _daemon = ChildDaemon::start(&socket);
+    let before_endpoints = fd_count();
+
+    let root = Host::connect_daemon_at(&socket).unwrap();
+    let guest = Guest::connect_daemon_at(&socket, "alpha").unwrap();
+    let listener = HvListener::bind(&root, HvAddr::from_vsock_port(Guid::ZERO, 9700)).unwrap();
+    let options = ConnectOptions::seed();
+    let connect = || {
+        let mut g = VsockStream::connect_with(&guest, VsockAddr::new(2, 9700), &options).unwrap();
+        let (mut h, _) = listener.accept().unwrap();
+        g.set_read_timeout(Some(HANG)).unwrap();
+        h.set_read_timeout(Some(HANG)).unwrap();
+        // Both directions once: both ends map their rings and signal.
+        g.write_all(b"g").unwrap();
+        let mut byte = [0u8; 1];
+        h.read_exact(&mut byte).unwrap();
+        h.write_all(b"h").unwrap();
+        g.read_exact(&mut byte).unwrap();
+        (g, h)
+    };
+    let idle = fd_count();
+    let rings_idle = maps_matching("memfd:");
+    eprintln!("{before_endpoints} descriptors before the endpoints, {idle} with them");
+
+    let mut pairs = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        pairs.push(connect());
+    }
+    let open = fd_count();
+    eprintln!(
+        "{CONNECTIONS} connections open: {open} descriptors ({} more), {} memfd mappings",
+        open - idle,
+        maps_matching("memfd:")
+    );
+    assert!(
+        open - idle <= MAX_GROWTH,
+        "{CONNECTIONS} connections took {} descriptors (at most {MAX_GROWTH} expected: a link is \
+         2 eventfds on each side, shared by every connection of the pair)",
+        open - idle
+    );
+    // Every connection still works, in any order, with all of them open.
+    for (i, (g, h)) in pairs.iter_mut().enumerate().rev().step_by(7) {
+        assert_moves_data(g, h, &format!("connection {i}"));
+    }
+
+    // Closing them gives everything back but the link, which lasts while
+    // both processes do.
+    drop(pairs);
+    let closed = settle(fd_count, |n| n <= open);
+    // The link's flags stay mapped, once in each endpoint.
+    let rings = settle(|| maps_matching("memfd:"), |n| n <= rings_idle + 2);
+    eprintln!("closed: {closed} descriptors, {rings} memfd mappings");
+    assert!(
+        closed <= open,
+        "closing leaked: {open} open, {closed} after"
+    );
+    assert!(
+        rings <= rings_idle + 2,
+        "ring mappings: {rings_idle} before, {rings} after closing (the link's flags are 2)"
+    );
+
+    // A second round reuses the link: no growth at all beyond the first.
+    let mut pairs = Vec::with_capacity(CONNECTIONS / 3);
+    for _ in 0..CONNECTIONS / 3 {
+        pairs.push(connect());
+    }
+    let again = fd_count();
+    assert!(
+        again <= open,
+        "a second round grew descriptors: {open} in the first, {again} in the second"
+    );
+    drop(pairs);
+
+    // Without the endpoints, nothing of theirs is left.
+    drop((listener, guest, root));
+    let after = settle(fd_count, |n| n <= before_endpoints);
+    assert!(
+        after <= before_endpoints,
+        "the endpoints leaked: {before_endpoints} before, {after} after"
+    );
+    let rings = settle(|| maps_matching("memfd:"), |n| n == 0);
+    assert_eq!(rings, 0, "memfd mappings left after the endpoints");
+}
+
+#[test]
+fn each_peer_process_costs_a_few_descriptors_not_one_per_connection() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("hv").join("host.sock");
+    let _daemon = ChildDaemon::start(&socket);
+    let root = Host::connect_daemon_at(&socket).unwrap();
+    let listener = HvListener::bind(&root, HvAddr::from_vsock_port(Guid::ZERO, 9800)).unwrap();
+    let options = ConnectOptions::seed();
+    // Four guest processes (endpoints, here in one process) of 40
+    // connections each: four links, each 2 eventfds in the guest endpoint
+    // and 2 in the host endpoint.
+    let before = fd_count();
+    let mut guests = Vec::new();
+    let mut pairs = Vec::new();
+    for _ in 0..4 {
+        let guest = Guest::connect_daemon_at(&socket, "alpha").unwrap();
+        for _ in 0..40 {
+            let mut g =
+                VsockStream::connect_with(&guest, VsockAddr::new(2, 9800), &options).unwrap();
+            let (mut h, _) = listener.accept().unwrap();
+            g.set_read_timeout(Some(HANG)).unwrap();
+            h.set_read_timeout(Some(HANG)).unwrap();
+            assert_moves_data(&mut g, &mut h, "a connection");
+            pairs.push((g, h));
+        }
+        guests.push(guest);
+    }
+    let grown = fd_count() - before;
+    // Per guest endpoint: its control socket, its wake-up eventfd and epoll
+    // set, and the link's 2 + 2 eventfds: about 8; allow 12 each.
+    eprintln!(
+        "4 guest endpoints x 40 connections: {grown} descriptors ({} per guest)",
+        grown / 4
+    );
+    assert!(
+        grown <= 4 * 12,
+        "4 guests x 40 connections took {grown} descriptors: more than a few per peer process"
+    );
+    drop(pairs);
+    drop(guests);
+    let after = settle(fd_count, |n| n <= before);
+    assert!(
+        after <= before,
+        "{before} before, {after} after the guests left"
+    );
+}
