@@ -8,7 +8,7 @@
 
 use std::io;
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -68,6 +68,8 @@ pub(crate) struct ChannelIo {
     /// Fired by the peer's signals (and by us, to wake our own waiters).
     signal: Arc<Signal>,
     gone: Mutex<Option<Gone>>,
+    /// `gone` is set: read on every attempt without taking the lock.
+    is_gone: AtomicBool,
     mapping: Arc<Mapping>,
     /// Where the count of bytes we wrote lives (informational, for stat).
     counter_offset: usize,
@@ -143,6 +145,7 @@ impl ChannelIo {
             bell: bell.clone(),
             signal,
             gone: Mutex::new(None),
+            is_gone: AtomicBool::new(false),
             mapping,
             counter_offset: tx_offset + BYTES_WRITTEN_OFFSET,
             rx_data_offset,
@@ -185,6 +188,7 @@ impl ChannelIo {
     /// The peer is gone: wakes everyone waiting on this channel.
     pub(crate) fn mark_gone(&self, gone: Gone) {
         lock(&self.gone).get_or_insert(gone);
+        self.is_gone.store(true, Ordering::Release);
         self.wake();
     }
 
@@ -199,6 +203,9 @@ impl ChannelIo {
     }
 
     fn gone(&self) -> Option<Gone> {
+        if !self.is_gone.load(Ordering::Acquire) {
+            return None;
+        }
         lock(&self.gone).clone()
     }
 
@@ -285,7 +292,9 @@ impl ChannelIo {
         mut attempt: impl FnMut(&Self) -> io::Result<Option<T>>,
     ) -> io::Result<T> {
         let spin = Duration::from_nanos(self.busy_poll.load(Relaxed));
-        let started = Instant::now();
+        // Read only once an attempt failed: a read or write that succeeds at
+        // once (small writes at full speed) never looks at the clock.
+        let mut started: Option<Instant> = None;
         let mut spins = 0u32;
         loop {
             if opts.nonblocking {
@@ -304,6 +313,7 @@ impl ChannelIo {
                 spins = spins.wrapping_add(1);
                 // Reading the clock costs more than an attempt; look at it
                 // once every 256 spins.
+                let started = *started.get_or_insert_with(Instant::now);
                 if spins % 256 != 0 || started.elapsed() < spin {
                     std::hint::spin_loop();
                     continue;
