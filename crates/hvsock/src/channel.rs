@@ -426,6 +426,20 @@ impl ChannelIo {
 
     /// Sends the FIN (once) and refuses further writes.
     pub(crate) fn shutdown_write(&self) -> io::Result<()> {
+        self.send_fin(true)
+    }
+
+    /// Puts the FIN in the ring without waking the peer, for a channel that
+    /// is being closed at once: the close wakes the peer (it is told the
+    /// channel is gone and then reads up to the FIN). Used where a lock is
+    /// held that other channels need, since writing a hostile peer's
+    /// eventfd could block (the peer shares its open file and can make it
+    /// blocking and full).
+    pub(crate) fn shutdown_write_for_close(&self) -> io::Result<()> {
+        self.send_fin(false)
+    }
+
+    fn send_fin(&self, signal: bool) -> io::Result<()> {
         let mut tx = lock(&self.tx);
         tx.shut = true;
         if tx.writer.fin_sent() || self.gone().is_some() {
@@ -438,7 +452,7 @@ impl ChannelIo {
                 format!("cannot send the end of stream: {other}"),
             ),
         })?;
-        if tx.writer.commit().map_err(|c| self.reset(c))? {
+        if tx.writer.commit().map_err(|c| self.reset(c))? && signal {
             self.signal_peer()?;
         }
         Ok(())

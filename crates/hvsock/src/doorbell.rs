@@ -187,11 +187,16 @@ impl Signal {
     }
 
     fn fire(&self) {
+        let mut wakers = Vec::new();
+        self.fire_later(&mut wakers);
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// Fires, but leaves the wakers in `wakers`, to be woken once the
+    /// doorbell's lock is released (a waker is foreign code).
+    fn fire_later(&self, wakers: &mut Vec<Waker>) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        let wakers = std::mem::take(&mut *lock(&self.wakers));
-        for waker in wakers {
-            waker.wake();
-        }
+        wakers.append(&mut lock(&self.wakers));
         if let Some(readiness) = self.readiness.get() {
             let _ = readiness.signal();
         }
@@ -376,9 +381,12 @@ impl Doorbell {
         // A set bit silences the peer's next rings (they find it set), and
         // nobody took it, so take it now; the channels it names, the new
         // one included, look at their rings once more.
-        if Self::take_word(entry, relid / 32) {
+        let mut wakers = Vec::new();
+        if Self::take_word(entry, relid / 32, &mut wakers) {
             self.parked.notify_all();
         }
+        drop(st);
+        wakers.into_iter().for_each(Waker::wake);
         Ok(signal)
     }
 
@@ -435,12 +443,16 @@ impl Doorbell {
         let mut st = self.lock();
         loop {
             if signal.generation() != seen {
+                self.pass_on(&st);
                 return Ok(true);
             }
             let remaining = match deadline {
                 Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
                     Some(left) if !left.is_zero() => Some(left),
-                    _ => return Ok(false),
+                    _ => {
+                        self.pass_on(&st);
+                        return Ok(false);
+                    }
                 },
                 None => None,
             };
@@ -467,11 +479,12 @@ impl Doorbell {
             st = self.lock();
             st.polling = false;
             let mut wake_parked = false;
+            let mut wakers = Vec::new();
             if let Ok(fired) = &polled {
                 for event in fired.iter() {
                     let id = event.data.u64();
                     if let Some(entry) = st.links.get(&id) {
-                        wake_parked |= Self::take_signals(entry);
+                        wake_parked |= Self::take_signals(entry, &mut wakers);
                     }
                 }
             }
@@ -484,7 +497,20 @@ impl Doorbell {
                 // Someone must poll in our place.
                 self.parked.notify_one();
             }
+            if !wakers.is_empty() {
+                drop(st);
+                wakers.into_iter().for_each(Waker::wake);
+                st = self.lock();
+            }
             polled?;
+        }
+    }
+
+    /// A thread leaving `wait` may have been handed the poller role (by a
+    /// `notify_one`): if nobody polls and someone is parked, wake one.
+    fn pass_on(&self, st: &BellState) {
+        if !st.polling && st.parked > 0 {
+            self.parked.notify_one();
         }
     }
 
@@ -510,16 +536,16 @@ impl Doorbell {
 
     /// Takes the bits of every channel of a link and fires their signals.
     /// Returns whether a parked thread waits for one of them.
-    fn take_signals(entry: &LinkEntry) -> bool {
+    fn take_signals(entry: &LinkEntry, wakers: &mut Vec<Waker>) -> bool {
         let mut wake_parked = false;
         for &index in entry.words.keys() {
-            wake_parked |= Self::take_word(entry, index);
+            wake_parked |= Self::take_word(entry, index, wakers);
         }
         wake_parked
     }
 
     /// Takes the bits of word `index` and fires the channels named.
-    fn take_word(entry: &LinkEntry, index: u32) -> bool {
+    fn take_word(entry: &LinkEntry, index: u32, wakers: &mut Vec<Waker>) -> bool {
         let mut wake_parked = false;
         let mut bits = entry.link.take(index);
         while bits != 0 {
@@ -533,7 +559,7 @@ impl Doorbell {
                 .into_iter()
                 .flatten()
             {
-                signal.fire();
+                signal.fire_later(wakers);
                 wake_parked |= signal.parked.load(Ordering::Relaxed) > 0;
             }
         }
@@ -557,10 +583,18 @@ impl Doorbell {
     }
 
     fn poll_in_background(&self) {
-        while !self.stopping.load(Ordering::Acquire) {
+        loop {
+            // The generation first: stop() sets `stopping` before it fires
+            // the signal, so either we see `stopping` or the wait sees the
+            // generation move.
             let seen = self.background.generation();
+            if self.stopping.load(Ordering::Acquire) {
+                return;
+            }
             if let Err(e) = self.wait(&self.background, seen, None) {
                 tracing::warn!("the signal poller stopped: {e}");
+                // The next task or descriptor that needs one starts another.
+                self.lock().background = None;
                 return;
             }
         }

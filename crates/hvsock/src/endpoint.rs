@@ -369,7 +369,7 @@ impl Endpoint {
             listener.close("the listener was closed");
             shared.send_ext(&mut state, &ExtRequest::GuestUnlisten { port });
             while let Some(ready) = listener.pop() {
-                let _ = ready.io.shutdown_write();
+                let _ = ready.io.shutdown_write_for_close();
                 shared.release(&mut state, ready.key);
             }
         }
@@ -485,7 +485,7 @@ impl Endpoint {
             listener.close("the listener was closed");
             shared.send_ext(&mut state, &ExtRequest::HostUnlisten { service_id, vm_id });
             while let Some(ready) = listener.pop() {
-                let _ = ready.io.shutdown_write();
+                let _ = ready.io.shutdown_write_for_close();
                 shared.release(&mut state, ready.key);
             }
         }
@@ -852,7 +852,7 @@ impl Shared {
             Some(port) => match state.guest.listeners.get(&port) {
                 Some((listener, _)) => listener.push(ready),
                 None => {
-                    let _ = ready.io.shutdown_write();
+                    let _ = ready.io.shutdown_write_for_close();
                     self.release(state, ready.key);
                 }
             },
@@ -865,7 +865,7 @@ impl Shared {
                     }
                     None => {
                         // The connect gave up while the channel opened.
-                        let _ = ready.io.shutdown_write();
+                        let _ = ready.io.shutdown_write_for_close();
                         self.release(state, ready.key);
                     }
                 }

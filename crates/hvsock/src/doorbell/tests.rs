@@ -261,3 +261,196 @@ fn a_bit_left_by_a_departed_channel_does_not_silence_its_successor() {
     guest.ring(7).unwrap();
     assert!(bell.wait(&new, seen, in_secs(20)).unwrap());
 }
+
+/// Waits (up to 10 s) until `f` holds of the doorbell's state.
+fn until(bell: &Doorbell, what: &str, f: impl Fn(&BellState) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f(&bell.lock()) {
+        assert!(Instant::now() < deadline, "never came: {what}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A thread waiting for `signal` (until `deadline`), started now.
+fn waiter(
+    bell: &Arc<Doorbell>,
+    signal: &Arc<Signal>,
+    deadline: Option<Instant>,
+) -> thread::JoinHandle<bool> {
+    let (bell, signal) = (bell.clone(), signal.clone());
+    let seen = signal.generation();
+    thread::spawn(move || bell.wait(&signal, seen, deadline).unwrap())
+}
+
+#[test]
+fn a_parked_thread_handed_the_poller_role_passes_it_on_if_it_leaves() {
+    // The poller leaves (its channel fired) and hands its role to the first
+    // parked thread; but that thread's own signal moved meanwhile (a local
+    // `wake()` that fired the generation and has not yet taken the lock),
+    // so it leaves too. Whoever is still parked must get the role.
+    let (guest, host) = link_pair();
+    let bell = Doorbell::new().unwrap();
+    bell.add_link(Arc::try_unwrap(host).unwrap()).unwrap();
+    let link = bell.link(9).unwrap();
+    let (p, first, second) = (
+        bell.register(&link, 1).unwrap(),
+        bell.register(&link, 2).unwrap(),
+        bell.register(&link, 3).unwrap(),
+    );
+    let poller = waiter(&bell, &p, in_secs(20));
+    until(&bell, "a poller", |st| st.polling);
+    let first_waiter = waiter(&bell, &first, in_secs(20));
+    until(&bell, "one parked thread", |st| st.parked == 1);
+    let second_waiter = waiter(&bell, &second, in_secs(3));
+    until(&bell, "two parked threads", |st| st.parked == 2);
+    // `wake(&first)` begins: the generation moves, the lock is not taken yet.
+    first.fire();
+    // The poller's channel fires: it leaves and wakes one parked thread,
+    // the first (condition variables wake in arrival order), which leaves.
+    guest.ring(1).unwrap();
+    assert!(poller.join().unwrap());
+    assert!(first_waiter.join().unwrap());
+    // `wake(&first)` ends: nobody is parked for `first` any more.
+    bell.wake(&first);
+    guest.ring(3).unwrap();
+    assert!(
+        second_waiter.join().unwrap(),
+        "the second thread slept through its signal: nobody polled"
+    );
+}
+
+#[test]
+fn the_background_poller_is_not_stranded_by_a_thread_that_leaves() {
+    // As above, with the background poller as the thread left parked: every
+    // async task and readiness descriptor would then sleep forever.
+    use std::task::Wake;
+    struct Flag(std::sync::mpsc::SyncSender<()>);
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            let _ = self.0.try_send(());
+        }
+    }
+    let (guest, host) = link_pair();
+    let bell = Doorbell::new().unwrap();
+    bell.add_link(Arc::try_unwrap(host).unwrap()).unwrap();
+    let link = bell.link(9).unwrap();
+    let (p, first, task) = (
+        bell.register(&link, 1).unwrap(),
+        bell.register(&link, 2).unwrap(),
+        bell.register(&link, 3).unwrap(),
+    );
+    let poller = waiter(&bell, &p, in_secs(20));
+    until(&bell, "a poller", |st| st.polling);
+    let first_waiter = waiter(&bell, &first, in_secs(20));
+    until(&bell, "one parked thread", |st| st.parked == 1);
+    bell.ensure_poller().unwrap();
+    until(&bell, "the background poller parked", |st| st.parked == 2);
+    first.fire();
+    guest.ring(1).unwrap();
+    assert!(poller.join().unwrap());
+    assert!(first_waiter.join().unwrap());
+    bell.wake(&first);
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    task.register(&Waker::from(Arc::new(Flag(tx))));
+    guest.ring(3).unwrap();
+    assert!(
+        rx.recv_timeout(Duration::from_secs(3)).is_ok(),
+        "the task was not woken: the background poller sleeps, nobody polls"
+    );
+    bell.stop();
+}
+
+#[test]
+fn stopping_right_after_the_poller_starts_does_not_hang() {
+    // The background loop reads `stopping`, then the generation: a stop()
+    // between the two leaves it waiting for a signal that already fired,
+    // and stop() joins it forever.
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for i in 0..5_000u32 {
+            let bell = Doorbell::new().unwrap();
+            bell.ensure_poller().unwrap();
+            // Stop at varying moments of the thread's start.
+            let spin = Instant::now() + Duration::from_nanos(u64::from(i % 200) * 250);
+            while Instant::now() < spin {
+                std::hint::spin_loop();
+            }
+            bell.stop();
+            let _ = tx.send(());
+        }
+    });
+    for i in 0..5_000 {
+        rx.recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| {
+                panic!("stop() hung joining the background poller (iteration {i})")
+            });
+    }
+}
+
+#[test]
+fn a_stream_dropped_by_its_own_waker_does_not_deadlock_the_doorbell() {
+    // A task abandoned by its executor is kept alive only by the waker it
+    // left with its stream's signal. When the signal fires, waking it drops
+    // the task, hence the stream, which unregisters its channel: the
+    // doorbell must not be holding its lock while it runs a waker.
+    use std::task::Wake;
+    struct AbandonedTask(crate::channel::ChannelIo);
+    impl Wake for AbandonedTask {
+        fn wake(self: Arc<Self>) {
+            // The executor is gone: the task (and its stream) is dropped.
+        }
+    }
+    let (ours, theirs) = Link::pair(9).unwrap();
+    let (ours, theirs) = (Arc::new(ours), Arc::new(theirs));
+    let bell = Doorbell::new().unwrap();
+    let io = crate::channel::PreparedRings::create(6, 6)
+        .unwrap()
+        .into_guest_io(&bell, ours.clone(), 5)
+        .unwrap();
+    let task = Arc::new(AbandonedTask(io));
+    task.0.register_waker(&Waker::from(task.clone())).unwrap();
+    drop(task);
+    // Another channel of the same doorbell, waited for by a thread.
+    let other = bell.register(&ours, 6).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let (bell, other) = (bell.clone(), other.clone());
+        let seen = other.generation();
+        thread::spawn(move || {
+            let _ = tx.send(bell.wait(&other, seen, in_secs(3)).unwrap());
+        });
+    }
+    theirs.ring(5).unwrap(); // wakes (and drops) the abandoned task
+    thread::sleep(Duration::from_millis(50));
+    theirs.ring(6).unwrap();
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(6)).ok(),
+        Some(true),
+        "the other channel was never woken: the doorbell deadlocked"
+    );
+    bell.stop();
+}
+
+#[test]
+#[ignore = "design-level: a peer can make ringing block (no minimal fix in Link::ring)"]
+fn a_hostile_peer_cannot_make_ringing_block() {
+    // The eventfd we write is one open file shared with the peer: the peer
+    // can clear O_NONBLOCK on it (F_SETFL acts on the shared file) and fill
+    // its counter, and our next write then blocks until the peer reads,
+    // i.e. forever. Whatever thread rings (a non-blocking or async write, a
+    // drop, the control thread under the endpoint's lock) is stuck.
+    use std::os::fd::AsFd;
+    let (ours, theirs) = link_pair();
+    // The peer's end of the eventfd we signal is the one it waits on.
+    let fd = theirs.incoming.as_fd();
+    rustix::fs::fcntl_setfl(fd, rustix::fs::OFlags::empty()).unwrap();
+    rustix::io::write(fd, &(u64::MAX - 1).to_ne_bytes()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(ours.ring(5).is_ok());
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_secs(3)).is_ok(),
+        "ringing blocked: the peer made our eventfd blocking and full"
+    );
+}
