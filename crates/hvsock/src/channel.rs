@@ -331,11 +331,24 @@ impl ChannelIo {
     fn try_read(&self, buf: &mut [u8], peek: bool) -> io::Result<Option<usize>> {
         self.try_receive(|this, reader| {
             if peek {
-                reader.peek(buf)
-            } else {
-                reader.read(buf)
+                return reader.peek(buf).map_err(|c| this.reset(c));
             }
-            .map_err(|c| this.reset(c))
+            // A large read frees the ring a piece at a time, so that a
+            // writer waiting for room starts refilling while we copy the
+            // rest (one commit at the end would leave it asleep until the
+            // whole ring is drained: half the throughput at 1 MiB reads).
+            let mut total = 0;
+            for chunk in buf.chunks_mut(READ_COMMIT_CHUNK) {
+                if total > 0 && reader.commit().map_err(|c| this.reset(c))? {
+                    this.signal_peer()?;
+                }
+                let n = reader.read(chunk).map_err(|c| this.reset(c))?;
+                total += n;
+                if n < chunk.len() {
+                    break;
+                }
+            }
+            Ok(total)
         })
     }
 
@@ -398,14 +411,25 @@ impl ChannelIo {
             ));
         }
         loop {
-            let n = tx.writer.write(buf).map_err(|e| match e {
-                PipeWriteError::Ring(WriteError::Corrupt(c)) => self.reset(c),
-                other => write_error(other),
-            })?;
-            if n > 0 {
-                if tx.writer.commit().map_err(|c| self.reset(c))? {
+            // A large write is published a piece at a time, so that the
+            // reader starts copying while we fill the rest of the ring (one
+            // commit at the end would show it nothing until the ring is
+            // full: half the throughput at 1 MiB writes).
+            let mut n = 0;
+            for chunk in buf.chunks(WRITE_COMMIT_CHUNK) {
+                let wrote = tx.writer.write(chunk).map_err(|e| match e {
+                    PipeWriteError::Ring(WriteError::Corrupt(c)) => self.reset(c),
+                    other => write_error(other),
+                })?;
+                if wrote > 0 && tx.writer.commit().map_err(|c| self.reset(c))? {
                     self.signal_peer()?;
                 }
+                n += wrote;
+                if wrote < chunk.len() {
+                    break;
+                }
+            }
+            if n > 0 {
                 tx.bytes += n as u64;
                 // Informational only; a failure to update it changes nothing.
                 let _ = self
@@ -487,6 +511,14 @@ fn write_error(e: PipeWriteError) -> io::Error {
         PipeWriteError::Ring(other) => err(io::ErrorKind::Other, other.to_string()),
     }
 }
+
+/// How much a read copies out of the ring before it publishes the room it
+/// freed (see `try_read`).
+const READ_COMMIT_CHUNK: usize = 32 * 1024;
+
+/// How much a write puts in the ring before it publishes it (see
+/// `try_write`).
+const WRITE_COMMIT_CHUNK: usize = 32 * 1024;
 
 /// How an operation waits.
 #[derive(Debug, Clone, Copy, Default)]
