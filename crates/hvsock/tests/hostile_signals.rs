@@ -920,10 +920,7 @@ fn a_host_process_flooding_its_link_cannot_stall_or_corrupt_a_guest() {
     let guest = Guest::connect_daemon_at(&d.socket, "alpha").unwrap();
     // A bystander: the same guest process with a real host process.
     let by_listener = HvListener::bind(&root, HvAddr::from_vsock_port(Guid::ZERO, 7301)).unwrap();
-    let mut by_guest = VsockStream::connect(&guest, VsockAddr::new(2, 7301)).unwrap();
-    let (mut by_host, _) = by_listener.accept().unwrap();
-    by_guest.set_timeouts(HANG);
-    by_host.set_timeouts(HANG);
+    let (mut by_guest, mut by_host) = connected(&guest, &by_listener, 7301);
 
     // The hostile host process, with three streams from the guest.
     let mut hostile = RawHost::connect(&d.socket);
@@ -952,11 +949,18 @@ fn a_host_process_flooding_its_link_cannot_stall_or_corrupt_a_guest() {
     let _third = VsockStream::connect(&guest, VsockAddr::new(2, 7300)).unwrap();
     let (_conn, rings) = hostile.incoming();
     assert_eq!(rings.link.id, link.id);
-    let mut g = VsockStream::connect(&guest, VsockAddr::new(2, 7301)).unwrap();
-    let (mut h, _) = by_listener.accept().unwrap();
+    let (mut g, mut h) = connected(&guest, &by_listener, 7301);
+    assert_moves_data(&mut g, &mut h, "a new connection");
+}
+
+/// A new connection from `guest` to host port `port`, accepted on
+/// `listener`, both ends with [`HANG`] timeouts.
+fn connected(guest: &Guest, listener: &HvListener, port: u32) -> (VsockStream, HvStream) {
+    let g = VsockStream::connect(guest, VsockAddr::new(2, port)).unwrap();
+    let (h, _) = listener.accept().unwrap();
     g.set_timeouts(HANG);
     h.set_timeouts(HANG);
-    assert_moves_data(&mut g, &mut h, "a new connection");
+    (g, h)
 }
 
 #[test]
@@ -967,10 +971,7 @@ fn a_guest_flooding_its_link_cannot_stall_or_corrupt_a_host_process() {
     let listener = HvListener::bind(&root, HvAddr::from_vsock_port(Guid::ZERO, 7400)).unwrap();
     // A bystander: the same host process with a real guest process.
     let guest = Guest::connect_daemon_at(&d.socket, "alpha").unwrap();
-    let mut by_guest = VsockStream::connect(&guest, VsockAddr::new(2, 7400)).unwrap();
-    let (mut by_host, _) = listener.accept().unwrap();
-    by_guest.set_timeouts(HANG);
-    by_host.set_timeouts(HANG);
+    let (mut by_guest, mut by_host) = connected(&guest, &listener, 7400);
 
     // The hostile guest process, with three streams to the host process.
     let mut hostile = RawGuest::contact(&d.vm_socket("alpha"));
@@ -999,10 +1000,7 @@ fn a_guest_flooding_its_link_cannot_stall_or_corrupt_a_host_process() {
         quiet,
         (&mut by_host, &mut by_guest),
     );
-    let mut g = VsockStream::connect(&guest, VsockAddr::new(2, 7400)).unwrap();
-    let (mut h, _) = listener.accept().unwrap();
-    g.set_timeouts(HANG);
-    h.set_timeouts(HANG);
+    let (mut g, mut h) = connected(&guest, &listener, 7400);
     assert_moves_data(&mut g, &mut h, "a new connection");
 }
 

@@ -16,6 +16,16 @@ fn link_pair() -> (Arc<Link>, Arc<Link>) {
     (Arc::new(guest), Arc::new(host))
 }
 
+/// A doorbell serving the host end of link 9: the guest's end (to ring
+/// with), the doorbell, and the link as the doorbell holds it.
+fn served_link() -> (Arc<Link>, Arc<Doorbell>, Arc<Link>) {
+    let (guest, host) = Link::pair(9).unwrap();
+    let bell = Doorbell::new().unwrap();
+    bell.add_link(host).unwrap();
+    let link = bell.link(9).unwrap();
+    (Arc::new(guest), bell, link)
+}
+
 #[test]
 fn ringing_sets_the_bit_and_signals_only_while_it_is_clear() {
     let (guest, host) = link_pair();
@@ -44,10 +54,7 @@ fn relids_without_a_bit_are_refused() {
 
 #[test]
 fn a_ring_wakes_the_channel_named_and_no_other() {
-    let (guest, host) = link_pair();
-    let bell = Doorbell::new().unwrap();
-    bell.add_link(Arc::try_unwrap(host).unwrap()).unwrap();
-    let link = bell.link(9).unwrap();
+    let (guest, bell, link) = served_link();
     let a = bell.register(&link, 3).unwrap();
     let b = bell.register(&link, 40).unwrap();
     let (seen_a, seen_b) = (a.generation(), b.generation());
@@ -63,10 +70,7 @@ fn a_ring_wakes_the_channel_named_and_no_other() {
 
 #[test]
 fn each_of_many_waiting_threads_is_woken_by_its_own_channel() {
-    let (guest, host) = link_pair();
-    let bell = Doorbell::new().unwrap();
-    bell.add_link(Arc::try_unwrap(host).unwrap()).unwrap();
-    let link = bell.link(9).unwrap();
+    let (guest, bell, link) = served_link();
     let relids = [1u32, 2, 33, 64, 65, 1000];
     let threads: Vec<_> = relids
         .iter()
@@ -90,9 +94,7 @@ fn each_of_many_waiting_threads_is_woken_by_its_own_channel() {
 
 #[test]
 fn a_local_wake_reaches_a_thread_blocked_in_poll() {
-    let (_guest, host) = link_pair();
-    let bell = Doorbell::new().unwrap();
-    bell.add_link(Arc::try_unwrap(host).unwrap()).unwrap();
+    let (_guest, bell, _) = served_link();
     let signal = bell.register(&bell.link(9).unwrap(), 5).unwrap();
     let seen = signal.generation();
     let waiter = {
@@ -131,10 +133,7 @@ fn a_link_added_while_a_thread_polls_is_polled_too() {
 
 #[test]
 fn bits_of_relids_we_do_not_serve_are_dropped() {
-    let (guest, host) = link_pair();
-    let bell = Doorbell::new().unwrap();
-    bell.add_link(Arc::try_unwrap(host).unwrap()).unwrap();
-    let link = bell.link(9).unwrap();
+    let (guest, bell, link) = served_link();
     let ours = bell.register(&link, 8).unwrap();
     let seen = ours.generation();
     // A peer may set any bit; the ones beside ours are taken and ignored.
@@ -151,9 +150,7 @@ fn bits_of_relids_we_do_not_serve_are_dropped() {
 
 #[test]
 fn the_readiness_descriptor_is_readable_after_a_ring() {
-    let (guest, host) = link_pair();
-    let bell = Doorbell::new().unwrap();
-    bell.add_link(Arc::try_unwrap(host).unwrap()).unwrap();
+    let (guest, bell, _) = served_link();
     let signal = bell.register(&bell.link(9).unwrap(), 12).unwrap();
     let fd = bell.readiness(&signal).unwrap();
     // Readable at first (a first attempt is due), then not until a ring.
@@ -175,9 +172,7 @@ fn async_wakers_are_woken_by_a_ring() {
             self.1.notify_all();
         }
     }
-    let (guest, host) = link_pair();
-    let bell = Doorbell::new().unwrap();
-    bell.add_link(Arc::try_unwrap(host).unwrap()).unwrap();
+    let (guest, bell, _) = served_link();
     let signal = bell.register(&bell.link(9).unwrap(), 4).unwrap();
     let flag = Arc::new(Flag::default());
     signal.register(&Waker::from(flag.clone()));
@@ -204,10 +199,7 @@ fn a_link_id_cannot_be_sent_twice() {
 
 #[test]
 fn a_closed_link_lives_until_its_last_channel_goes() {
-    let (_guest, host) = link_pair();
-    let bell = Doorbell::new().unwrap();
-    bell.add_link(Arc::try_unwrap(host).unwrap()).unwrap();
-    let link = bell.link(9).unwrap();
+    let (_guest, bell, link) = served_link();
     let signal = bell.register(&link, 1).unwrap();
     bell.remove_link(9);
     assert!(bell.link(9).is_none(), "no new channel may use it");
@@ -221,10 +213,7 @@ fn a_closed_link_lives_until_its_last_channel_goes() {
 
 #[test]
 fn a_ring_before_the_channel_is_served_does_not_silence_later_rings() {
-    let (guest, host) = link_pair();
-    let bell = Doorbell::new().unwrap();
-    bell.add_link(Arc::try_unwrap(host).unwrap()).unwrap();
-    let link = bell.link(9).unwrap();
+    let (guest, bell, link) = served_link();
     let other = bell.register(&link, 100).unwrap();
     // The peer rings relid 5 before this process has its channel: the
     // poller takes the event but not the bit (no channel serves it yet).
@@ -249,10 +238,7 @@ fn a_ring_before_the_channel_is_served_does_not_silence_later_rings() {
 
 #[test]
 fn a_bit_left_by_a_departed_channel_does_not_silence_its_successor() {
-    let (guest, host) = link_pair();
-    let bell = Doorbell::new().unwrap();
-    bell.add_link(Arc::try_unwrap(host).unwrap()).unwrap();
-    let link = bell.link(9).unwrap();
+    let (guest, bell, link) = served_link();
     let old = bell.register(&link, 7).unwrap();
     bell.unregister(9, 7, &old);
     guest.ring(7).unwrap(); // for the old channel, taken by nobody
@@ -288,10 +274,7 @@ fn a_parked_thread_handed_the_poller_role_passes_it_on_if_it_leaves() {
     // parked thread; but that thread's own signal moved meanwhile (a local
     // `wake()` that fired the generation and has not yet taken the lock),
     // so it leaves too. Whoever is still parked must get the role.
-    let (guest, host) = link_pair();
-    let bell = Doorbell::new().unwrap();
-    bell.add_link(Arc::try_unwrap(host).unwrap()).unwrap();
-    let link = bell.link(9).unwrap();
+    let (guest, bell, link) = served_link();
     let (p, first, second) = (
         bell.register(&link, 1).unwrap(),
         bell.register(&link, 2).unwrap(),
@@ -330,10 +313,7 @@ fn the_background_poller_is_not_stranded_by_a_thread_that_leaves() {
             let _ = self.0.try_send(());
         }
     }
-    let (guest, host) = link_pair();
-    let bell = Doorbell::new().unwrap();
-    bell.add_link(Arc::try_unwrap(host).unwrap()).unwrap();
-    let link = bell.link(9).unwrap();
+    let (guest, bell, link) = served_link();
     let (p, first, task) = (
         bell.register(&link, 1).unwrap(),
         bell.register(&link, 2).unwrap(),

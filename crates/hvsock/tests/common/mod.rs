@@ -271,6 +271,15 @@ pub fn send_ext(fd: &OwnedFd, request: &ExtRequest) {
 /// [`HANG`].
 #[track_caller]
 pub fn recv(fd: &OwnedFd) -> Option<(Datagram<ExtEvent>, Vec<OwnedFd>)> {
+    recv_datagram(fd)
+}
+
+/// The next datagram of either direction's kind, or `None` if the peer
+/// closed the socket; fails after [`HANG`].
+#[track_caller]
+fn recv_datagram<T: for<'de> serde::Deserialize<'de>>(
+    fd: &OwnedFd,
+) -> Option<(Datagram<T>, Vec<OwnedFd>)> {
     let mut buf = vec![0u8; vmbus::ext::MAX_DATAGRAM];
     let (n, fds) = recv_with_fds(fd, &mut buf, 4).expect("a datagram within the timeout");
     if n == 0 {
@@ -718,15 +727,7 @@ pub fn offer(relid: u32, port: u32, host_endpoint: u32) -> Message {
 /// The next datagram from a real endpoint, or `None` if it hung up.
 #[track_caller]
 pub fn recv_request(conn: &OwnedFd) -> Option<(Datagram<ExtRequest>, Vec<OwnedFd>)> {
-    let mut buf = vec![0u8; vmbus::ext::MAX_DATAGRAM];
-    let (n, fds) = recv_with_fds(conn, &mut buf, 4).expect("a datagram within the timeout");
-    if n == 0 {
-        return None;
-    }
-    Some((
-        Datagram::decode(&buf[..n]).expect("a decodable request"),
-        fds,
-    ))
+    recv_datagram(conn)
 }
 
 /// The next VMBus message from a real guest endpoint, skipping extension
