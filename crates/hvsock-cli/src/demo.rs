@@ -195,6 +195,11 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     // Give the control messages of the close a moment to pass, so that the
     // log shows them before the host stops.
     std::thread::sleep(std::time::Duration::from_millis(200));
+    // Then stop the endpoints and the host (their threads end), so that no
+    // late line of the log can come after the result.
+    drop(root);
+    drop(guest);
+    drop(host);
 
     step("8. Result");
     let down_ok = sent_down == got_down;

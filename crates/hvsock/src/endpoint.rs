@@ -220,6 +220,9 @@ struct State {
     /// Signal links the host sent that we refused, and why (for the errors
     /// of the channels that name them).
     refused_links: HashMap<u64, String>,
+    /// The host answered us once (a guest's version, a host process's
+    /// first request): a close before that is a refusal.
+    contacted: bool,
     guest: GuestState,
     host: HostState,
 }
@@ -282,8 +285,9 @@ impl Endpoint {
                 thread: Some(thread),
             }),
         };
-        if role == Role::Guest {
-            endpoint.contact()?;
+        match role {
+            Role::Guest => endpoint.contact()?,
+            Role::Host => endpoint.host_contact()?,
         }
         Ok(endpoint)
     }
@@ -301,6 +305,21 @@ impl Endpoint {
         shared
             .wait_until(state, Some(deadline), |state| {
                 state.guest.version.map(|_| Ok(()))
+            })
+            .map(|_| ())
+    }
+
+    /// Host process: one request answered before anything else, so that a
+    /// host that refuses us (another user's daemon) says so at once rather
+    /// than at the first listen or connect.
+    fn host_contact(&self) -> io::Result<()> {
+        let shared = self.shared();
+        let mut state = shared.lock();
+        shared.send_ext(&mut state, &ExtRequest::VmList);
+        let deadline = Instant::now() + CONTACT_TIMEOUT;
+        shared
+            .wait_until(state, Some(deadline), |state| {
+                state.contacted.then_some(Ok(()))
             })
             .map(|_| ())
     }
@@ -619,10 +638,11 @@ impl Shared {
             return;
         }
         if let Err(e) = hvsock_shm::send_with_fds(&self.sock, bytes, fds) {
-            self.die(
+            let reason = lost(
                 state,
                 format!("lost the connection to the hvsock host: {e}"),
             );
+            self.die(state, reason);
         }
     }
 
@@ -651,6 +671,7 @@ impl Shared {
         match event {
             ClientEvent::Connected { version } => {
                 state.guest.version = Some(version);
+                state.contacted = true;
                 self.changed.notify_all();
             }
             ClientEvent::ContactRefused => {
@@ -1014,7 +1035,8 @@ impl Shared {
                 match hvsock_shm::recv_message(&self.sock, &mut buf, 4) {
                     Ok(received) if received.len == 0 => {
                         let mut state = self.lock();
-                        self.die(&mut state, "the hvsock host closed the connection".into());
+                        let reason = lost(&state, "the hvsock host closed the connection".into());
+                        self.die(&mut state, reason);
                         return;
                     }
                     Ok(received) => {
@@ -1033,10 +1055,11 @@ impl Shared {
                     }
                     Err(e) => {
                         let mut state = self.lock();
-                        self.die(
-                            &mut state,
+                        let reason = lost(
+                            &state,
                             format!("lost the connection to the hvsock host: {e}"),
                         );
+                        self.die(&mut state, reason);
                         return;
                     }
                 }
@@ -1081,6 +1104,10 @@ impl Shared {
                     tracing::warn!(link, "refusing a signal link from the host: {e}");
                     state.refused_links.insert(link, e.to_string());
                 }
+            }
+            ExtEvent::VmList { .. } if !state.contacted => {
+                state.contacted = true;
+                self.changed.notify_all();
             }
             ExtEvent::LinkClosed { link } => {
                 state.refused_links.remove(&link);
@@ -1242,6 +1269,19 @@ impl Shared {
     }
 }
 
+/// Why the control connection ended, from what happened: an end before the
+/// host ever answered is most likely a refusal.
+fn lost(state: &State, what: String) -> String {
+    if state.contacted {
+        what
+    } else {
+        format!(
+            "{what} before answering: the hvsock host serves only the users it was started \
+             for (its own uid and root; is this process another user's?), or it is shutting down"
+        )
+    }
+}
+
 /// The next ephemeral port not bound by a listener of ours nor used by a
 /// connect in flight (the host refuses one already used by a live channel).
 fn allocate_port(guest: &mut GuestState) -> io::Result<u32> {
@@ -1330,6 +1370,7 @@ fn describe_request(request: &ExtRequest) -> String {
             vm_name.clone().unwrap_or_else(|| vm_id.to_string())
         ),
         ExtRequest::HostClose { conn } => format!("close connection {conn}"),
+        ExtRequest::VmList => "list the VMs (a first request, answered if we are served)".into(),
         other => format!("{other:?}"),
     }
 }
@@ -1360,6 +1401,10 @@ fn describe_event(event: &ExtEvent) -> String {
             Some(e) => format!("cannot listen on service {service_id}: {e}"),
         },
         ExtEvent::HostConnectFailed { message, .. } => format!("connect failed: {message}"),
+        ExtEvent::VmList { vms } => {
+            let names: Vec<&str> = vms.iter().map(|vm| vm.name.as_str()).collect();
+            format!("VMs: {}", names.join(", "))
+        }
         other => format!("{other:?}"),
     }
 }

@@ -405,10 +405,16 @@ impl FakeDaemon {
         }
     }
 
+    /// A real host endpoint connected to us, past its first request (the
+    /// VM list it asks for to know it is served).
     fn host(&self) -> (Host, OwnedFd) {
-        let host = Host::connect_daemon_at(&self.socket).expect("the host endpoint connects");
+        let socket = self.socket.clone();
+        let host = std::thread::spawn(move || Host::connect_daemon_at(&socket));
         let conn = rustix::net::accept(&self.listener).unwrap();
         set_socket_timeout(&conn, Timeout::Recv, Some(HANG)).unwrap();
+        assert_eq!(next_request(&conn), ExtRequest::VmList);
+        send_event(&conn, &ExtEvent::VmList { vms: Vec::new() }, &[]);
+        let host = host.join().unwrap().expect("the host endpoint connects");
         (host, conn)
     }
 }
