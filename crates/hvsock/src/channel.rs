@@ -8,13 +8,11 @@
 
 use std::io;
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use hvsock_shm::{ring_pair, EventFd, Mapping};
-
-use crate::doorbell::{Doorbell, Link, Signal};
 use vmbus::ext::{RingLayout, BYTES_WRITTEN_OFFSET};
 use vmbus_ring::layout::{
     hvs_packet_len, GUEST_MAX_SEND_DATA, MAX_RECV_DATA, MAX_RECV_PACKET, PAGE_SIZE,
@@ -22,6 +20,7 @@ use vmbus_ring::layout::{
 };
 use vmbus_ring::{PipeReader, PipeWriteError, PipeWriter, RingReader, RingWriter, WriteError};
 
+use crate::doorbell::{Doorbell, Link, Signal};
 use crate::error::{corrupt, err, shm_io};
 
 type Mem = hvsock_shm::SharedRingMem;
@@ -67,9 +66,8 @@ pub(crate) struct ChannelIo {
     bell: Arc<Doorbell>,
     /// Fired by the peer's signals (and by us, to wake our own waiters).
     signal: Arc<Signal>,
-    gone: Mutex<Option<Gone>>,
-    /// `gone` is set: read on every attempt without taking the lock.
-    is_gone: AtomicBool,
+    /// Set once; read on every attempt, without a lock.
+    gone: OnceLock<Gone>,
     mapping: Arc<Mapping>,
     /// Where the count of bytes we wrote lives (informational, for stat).
     counter_offset: usize,
@@ -144,8 +142,7 @@ impl ChannelIo {
             relid,
             bell: bell.clone(),
             signal,
-            gone: Mutex::new(None),
-            is_gone: AtomicBool::new(false),
+            gone: OnceLock::new(),
             mapping,
             counter_offset: tx_offset + BYTES_WRITTEN_OFFSET,
             rx_data_offset,
@@ -187,8 +184,8 @@ impl ChannelIo {
 
     /// The peer is gone: wakes everyone waiting on this channel.
     pub(crate) fn mark_gone(&self, gone: Gone) {
-        lock(&self.gone).get_or_insert(gone);
-        self.is_gone.store(true, Ordering::Release);
+        // The first reason stays.
+        let _ = self.gone.set(gone);
         self.wake();
     }
 
@@ -203,10 +200,7 @@ impl ChannelIo {
     }
 
     fn gone(&self) -> Option<Gone> {
-        if !self.is_gone.load(Ordering::Acquire) {
-            return None;
-        }
-        lock(&self.gone).clone()
+        self.gone.get().cloned()
     }
 
     fn signal_peer(&self) -> io::Result<()> {
@@ -338,7 +332,7 @@ impl ChannelIo {
             // rest (one commit at the end would leave it asleep until the
             // whole ring is drained: half the throughput at 1 MiB reads).
             let mut total = 0;
-            for chunk in buf.chunks_mut(READ_COMMIT_CHUNK) {
+            for chunk in buf.chunks_mut(COMMIT_CHUNK) {
                 if total > 0 && reader.commit().map_err(|c| this.reset(c))? {
                     this.signal_peer()?;
                 }
@@ -416,7 +410,7 @@ impl ChannelIo {
             // commit at the end would show it nothing until the ring is
             // full: half the throughput at 1 MiB writes).
             let mut n = 0;
-            for chunk in buf.chunks(WRITE_COMMIT_CHUNK) {
+            for chunk in buf.chunks(COMMIT_CHUNK) {
                 let wrote = tx.writer.write(chunk).map_err(|e| match e {
                     PipeWriteError::Ring(WriteError::Corrupt(c)) => self.reset(c),
                     other => write_error(other),
@@ -513,12 +507,9 @@ fn write_error(e: PipeWriteError) -> io::Error {
 }
 
 /// How much a read copies out of the ring before it publishes the room it
-/// freed (see `try_read`).
-const READ_COMMIT_CHUNK: usize = 32 * 1024;
-
-/// How much a write puts in the ring before it publishes it (see
-/// `try_write`).
-const WRITE_COMMIT_CHUNK: usize = 32 * 1024;
+/// freed, and a write puts in before it publishes the data (see `try_read`
+/// and `try_write`).
+const COMMIT_CHUNK: usize = 32 * 1024;
 
 /// How an operation waits.
 #[derive(Debug, Clone, Copy, Default)]
@@ -591,31 +582,28 @@ impl PreparedRings {
 /// daemon: validates the memfd (sealed, large enough) before mapping.
 pub(crate) fn host_io(
     layout: RingLayout,
-    mut fds: Vec<std::os::fd::OwnedFd>,
+    fds: Vec<std::os::fd::OwnedFd>,
     bell: &Arc<Doorbell>,
     link: Arc<Link>,
     relid: u32,
 ) -> io::Result<ChannelIo> {
-    if fds.len() != 1 {
-        return Err(err(
+    let [memfd]: [std::os::fd::OwnedFd; 1] = fds.try_into().map_err(|fds: Vec<_>| {
+        err(
             io::ErrorKind::InvalidData,
             format!(
                 "the host sent {} file descriptors for a channel, not 1",
                 fds.len()
             ),
-        ));
-    }
+        )
+    })?;
     if layout.guest_to_host_pages < 2 || layout.total_pages < layout.guest_to_host_pages + 2 {
         return Err(err(
             io::ErrorKind::InvalidData,
             format!("invalid ring layout {layout:?}"),
         ));
     }
-    let memory = hvsock_shm::SharedMemory::from_fd(
-        fds.pop().expect("1 fd"),
-        layout.total_pages as usize * PAGE_SIZE,
-    )
-    .map_err(shm_io)?;
+    let memory = hvsock_shm::SharedMemory::from_fd(memfd, layout.total_pages as usize * PAGE_SIZE)
+        .map_err(shm_io)?;
     let mapping = Arc::new(Mapping::new(&memory).map_err(shm_io)?);
     ChannelIo::new(Side::Host, mapping, layout, bell, link, relid)
 }

@@ -15,7 +15,8 @@
 //! channels. A thread waiting for a channel becomes the
 //! poller when nobody is; when a poller leaves (its own channel fired), it
 //! hands the role to a parked thread. A process that only waits in one
-//! thread thus sleeps in `poll` itself and pays no extra context switch.
+//! thread thus sleeps in `epoll_wait` itself and pays no extra context
+//! switch.
 //! Async tasks and callers of a stream's readiness descriptor have no thread
 //! waiting for them, so for them a background thread takes the poller role
 //! whenever no application thread holds it.
@@ -70,34 +71,28 @@ impl Link {
             )
         })?;
         let memory = SharedMemory::from_fd(flags, LINK_FLAGS_BYTES).map_err(shm_io)?;
-        Self::new(
+        Ok(Self::new(
             id,
             side,
             Mapping::new(&memory).map_err(shm_io)?,
             EventFd::from_fd(incoming).map_err(shm_io)?,
             EventFd::from_fd(outgoing).map_err(shm_io)?,
-        )
+        ))
     }
 
-    fn new(
-        id: u64,
-        side: Side,
-        flags: Mapping,
-        incoming: EventFd,
-        outgoing: EventFd,
-    ) -> io::Result<Self> {
+    fn new(id: u64, side: Side, flags: Mapping, incoming: EventFd, outgoing: EventFd) -> Self {
         let (outgoing_bits, incoming_bits) = match side {
             Side::Guest => (GUEST_TO_HOST_FLAGS, HOST_TO_GUEST_FLAGS),
             Side::Host => (HOST_TO_GUEST_FLAGS, GUEST_TO_HOST_FLAGS),
         };
-        Ok(Self {
+        Self {
             id,
             flags,
             outgoing_bits,
             incoming_bits,
             incoming,
             outgoing,
-        })
+        }
     }
 
     /// Both ends of a new link in this process (the guest's, the host's), as
@@ -118,14 +113,14 @@ impl Link {
             Mapping::new(&memory).map_err(shm_io)?,
             dup(&to_guest)?,
             dup(&to_host)?,
-        )?;
+        );
         let host = Self::new(
             id,
             Side::Host,
             Mapping::new(&memory).map_err(shm_io)?,
             to_host,
             to_guest,
-        )?;
+        );
         Ok((guest, host))
     }
 
@@ -488,21 +483,20 @@ impl Doorbell {
                     }
                 }
             }
-            let leaving = polled.is_err()
-                || signal.generation() != seen
-                || deadline.is_some_and(|d| Instant::now() >= d);
             if wake_parked {
                 self.parked.notify_all();
-            } else if leaving && st.parked > 0 {
-                // Someone must poll in our place.
-                self.parked.notify_one();
             }
             if !wakers.is_empty() {
                 drop(st);
                 wakers.into_iter().for_each(Waker::wake);
                 st = self.lock();
             }
-            polled?;
+            // Leaving (here, or at the top of the loop: our signal fired or
+            // the deadline passed), someone must poll in our place.
+            if let Err(e) = polled {
+                self.pass_on(&st);
+                return Err(e);
+            }
         }
     }
 
