@@ -181,7 +181,7 @@ struct GuestState {
     version: Option<u32>,
     /// Listeners by port, with their ring size.
     listeners: HashMap<u32, (Arc<ListenerShared>, (u32, u32))>,
-    listen_results: HashMap<u32, Option<Result<(), String>>>,
+    listen_results: ListenResults<u32>,
     connects: HashMap<(Guid, Guid), GuestConnect>,
     channels: HashMap<u32, GuestChannel>,
     /// Released channels waiting for the host's rescind, by deadline.
@@ -208,7 +208,7 @@ impl Default for GuestState {
 struct HostState {
     next_request: u64,
     listeners: HashMap<(Guid, Guid), Arc<ListenerShared>>,
-    listen_results: HashMap<(Guid, Guid), Option<Result<(), String>>>,
+    listen_results: ListenResults<(Guid, Guid)>,
     connects: HashMap<u64, Option<io::Result<Ready>>>,
     conns: HashMap<u64, Arc<ChannelIo>>,
 }
@@ -348,35 +348,19 @@ impl Endpoint {
             .guest
             .listeners
             .insert(port, (listener.clone(), pages));
-        state.guest.listen_results.insert(port, None);
-        shared.send_ext(&mut state, &ExtRequest::GuestListen { port });
-        let deadline = Instant::now() + REQUEST_TIMEOUT;
-        let answer = shared.wait_until(state, Some(deadline), |state| {
-            match state.guest.listen_results.get(&port) {
-                Some(Some(result)) => Some(Ok(result.clone())),
-                _ => None,
-            }
-        });
-        let result = match answer {
-            Ok((mut state, result)) => {
-                state.guest.listen_results.remove(&port);
-                // The host may have gone since it answered.
-                shared
-                    .check_alive(&state)
-                    .and(result.map_err(|reason| err(io::ErrorKind::AddrInUse, reason)))
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            let mut state = shared.lock();
-            state.guest.listen_results.remove(&port);
-            if state.guest.listeners.remove(&port).is_some() && e.kind() == io::ErrorKind::TimedOut
-            {
-                shared.send_ext(&mut state, &ExtRequest::GuestUnlisten { port });
-            }
-            listener.close("the listen request failed");
-            return Err(e);
-        }
+        shared
+            .await_listen(
+                state,
+                ListenRequest {
+                    key: port,
+                    results: |state| &mut state.guest.listen_results,
+                    forget: |state, port| state.guest.listeners.remove(port).is_some(),
+                    listen: ExtRequest::GuestListen { port },
+                    unlisten: ExtRequest::GuestUnlisten { port },
+                    refused: |reason| err(io::ErrorKind::AddrInUse, reason),
+                },
+            )
+            .inspect_err(|_| listener.close("the listen request failed"))?;
         Ok(listener)
     }
 
@@ -461,38 +445,26 @@ impl Endpoint {
         // Registered before asking (see `guest_listen`).
         let listener = ListenerShared::new(backlog)?;
         state.host.listeners.insert(key, listener.clone());
-        state.host.listen_results.insert(key, None);
-        shared.send_ext(&mut state, &ExtRequest::HostListen { service_id, vm_id });
-        let deadline = Instant::now() + REQUEST_TIMEOUT;
-        let answer = shared.wait_until(state, Some(deadline), |state| {
-            match state.host.listen_results.get(&key) {
-                Some(Some(result)) => Some(Ok(result.clone())),
-                _ => None,
-            }
-        });
-        let result = match answer {
-            Ok((mut state, result)) => {
-                state.host.listen_results.remove(&key);
-                shared.check_alive(&state).and(result.map_err(|reason| {
-                    let kind = if reason.contains("no VM") || reason.contains("unknown") {
-                        io::ErrorKind::NotFound
-                    } else {
-                        io::ErrorKind::AddrInUse
-                    };
-                    err(kind, reason)
-                }))
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            let mut state = shared.lock();
-            state.host.listen_results.remove(&key);
-            if state.host.listeners.remove(&key).is_some() && e.kind() == io::ErrorKind::TimedOut {
-                shared.send_ext(&mut state, &ExtRequest::HostUnlisten { service_id, vm_id });
-            }
-            listener.close("the listen request failed");
-            return Err(e);
-        }
+        shared
+            .await_listen(
+                state,
+                ListenRequest {
+                    key,
+                    results: |state| &mut state.host.listen_results,
+                    forget: |state, key| state.host.listeners.remove(key).is_some(),
+                    listen: ExtRequest::HostListen { service_id, vm_id },
+                    unlisten: ExtRequest::HostUnlisten { service_id, vm_id },
+                    refused: |reason| {
+                        let kind = if reason.contains("no VM") || reason.contains("unknown") {
+                            io::ErrorKind::NotFound
+                        } else {
+                            io::ErrorKind::AddrInUse
+                        };
+                        err(kind, reason)
+                    },
+                },
+            )
+            .inspect_err(|_| listener.close("the listen request failed"))?;
         Ok(listener)
     }
 
@@ -569,7 +541,68 @@ impl Endpoint {
     }
 }
 
+/// Listen requests in flight: `None` until the host answers, then whether it
+/// refused (and why).
+type ListenResults<K> = HashMap<K, Option<Result<(), String>>>;
+
+/// A listen request of either role, for [`Shared::await_listen`].
+struct ListenRequest<K> {
+    key: K,
+    /// Where the host's answers for this role land.
+    results: fn(&mut State) -> &mut ListenResults<K>,
+    /// Removes the listener registered for `key`; whether it was there.
+    forget: fn(&mut State, &K) -> bool,
+    listen: ExtRequest,
+    unlisten: ExtRequest,
+    /// The error for the host's refusal.
+    refused: fn(String) -> io::Error,
+}
+
 impl Shared {
+    /// Asks the host to route `request.key` to us (the listener is
+    /// registered already, see `guest_listen`) and waits for its answer. On
+    /// failure the listener is forgotten again, and the host told to stop
+    /// routing if it may have said yes after we gave up.
+    fn await_listen<K: Eq + std::hash::Hash + Copy>(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        request: ListenRequest<K>,
+    ) -> io::Result<()> {
+        let ListenRequest {
+            key,
+            results,
+            forget,
+            listen,
+            unlisten,
+            refused,
+        } = request;
+        results(&mut state).insert(key, None);
+        self.send_ext(&mut state, &listen);
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let answer = self.wait_until(state, Some(deadline), |state| {
+            match results(state).get(&key) {
+                Some(Some(result)) => Some(Ok(result.clone())),
+                _ => None,
+            }
+        });
+        let result = match answer {
+            Ok((mut state, result)) => {
+                results(&mut state).remove(&key);
+                // The host may have gone since it answered.
+                self.check_alive(&state).and(result.map_err(refused))
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result {
+            let mut state = self.lock();
+            results(&mut state).remove(&key);
+            if forget(&mut state, &key) && e.kind() == io::ErrorKind::TimedOut {
+                self.send_ext(&mut state, &unlisten);
+            }
+        }
+        result
+    }
+
     fn who(&self) -> &'static str {
         match self.role {
             Role::Guest => "guest",
