@@ -383,6 +383,33 @@ impl Harness {
         self.host_connect_to(host, guest, 7)
     }
 
+    /// A host connect to service() in alpha (by id) that must fail at once:
+    /// how it failed and the message.
+    #[track_caller]
+    fn host_connect_failure(&mut self, host: ClientId, request: u64) -> (ConnectFailure, String) {
+        let vm_id = self.alpha;
+        self.ext(
+            host,
+            ExtRequest::HostConnect {
+                request,
+                vm_id,
+                vm_name: None,
+                service_id: service(),
+            },
+        );
+        match self.expect_event(host).0 {
+            ExtEvent::HostConnectFailed {
+                request: answered,
+                failure,
+                message,
+            } => {
+                assert_eq!(answered, request);
+                (failure, message)
+            }
+            other => panic!("expected HostConnectFailed, got {other:?}"),
+        }
+    }
+
     #[track_caller]
     fn host_connect_to(&mut self, host: ClientId, guest: ClientId, request: u64) -> Setup {
         self.ext(
@@ -914,23 +941,7 @@ fn host_endpoint_ports_count_up_from_0x80000000() {
         );
     }
     // A duplicate request id in progress is invalid.
-    h.ext(
-        host,
-        ExtRequest::HostConnect {
-            request: 1,
-            vm_id: h.alpha,
-            vm_name: None,
-            service_id: service(),
-        },
-    );
-    let (event, _) = h.expect_event(host);
-    assert!(matches!(
-        event,
-        ExtEvent::HostConnectFailed {
-            failure: ConnectFailure::Invalid,
-            ..
-        }
-    ));
+    assert_eq!(h.host_connect_failure(host, 1).0, ConnectFailure::Invalid);
 }
 
 #[test]
@@ -1105,22 +1116,7 @@ fn guest_death_at_every_state() {
         h.expect_nothing();
         // Its relids are free at once and its listeners are gone.
         assert_eq!(h.server.channel_count(), 0);
-        h.ext(
-            s.host,
-            ExtRequest::HostConnect {
-                request: 8,
-                vm_id: h.alpha,
-                vm_name: None,
-                service_id: service(),
-            },
-        );
-        assert!(matches!(
-            h.expect_event(s.host).0,
-            ExtEvent::HostConnectFailed {
-                failure: ConnectFailure::Refused,
-                ..
-            }
-        ));
+        assert_eq!(h.host_connect_failure(s.host, 8).0, ConnectFailure::Refused);
         let g = h.listening_guest();
         let again = h.host_connect_to(s.host, g, 9);
         assert_eq!(again.relid, 1);
@@ -1557,23 +1553,9 @@ fn relids_stop_at_the_cap_and_connects_are_refused_cleanly() {
         .collect();
     assert_eq!(relids, [1, 2, 3]);
     // A host connect beyond the cap fails at once, saying why.
-    h.ext(
-        host,
-        ExtRequest::HostConnect {
-            request: 3,
-            vm_id: h.alpha,
-            vm_name: None,
-            service_id: service(),
-        },
-    );
-    match h.expect_event(host).0 {
-        ExtEvent::HostConnectFailed {
-            request: 3,
-            failure: ConnectFailure::Refused,
-            message,
-        } => assert!(message.contains("no relid is free"), "{message}"),
-        other => panic!("{other:?}"),
-    }
+    let (failure, message) = h.host_connect_failure(host, 3);
+    assert_eq!(failure, ConnectFailure::Refused);
+    assert!(message.contains("no relid is free"), "{message}");
     h.expect_nothing();
     // A guest connect beyond the cap is refused with TL_CONNECT_RESULT.
     h.vmbus(guest, tl_connect(GUEST_PORT, SERVICE_PORT));
@@ -1600,22 +1582,7 @@ fn the_cap_is_max_relid() {
     h.server.next_relid = MAX_RELID;
     let s = h.offered_by_host();
     assert_eq!(s.relid, MAX_RELID);
-    h.ext(
-        s.host,
-        ExtRequest::HostConnect {
-            request: 8,
-            vm_id: h.alpha,
-            vm_name: None,
-            service_id: service(),
-        },
-    );
-    assert!(matches!(
-        h.expect_event(s.host).0,
-        ExtEvent::HostConnectFailed {
-            failure: ConnectFailure::Refused,
-            ..
-        }
-    ));
+    assert_eq!(h.host_connect_failure(s.host, 8).0, ConnectFailure::Refused);
     // Released, MAX_RELID folds back into the counter and comes again.
     h.vmbus(
         s.guest,
