@@ -874,16 +874,21 @@ fn assert_quiet_after_flood(quiet: &mut impl Read, set_timeout: impl Fn(Duration
 const FLOOD_BYTES: usize = 8 << 20;
 
 /// What a flood test checks, whichever side floods: `transfers` (raw) and
-/// `victims` (real) are the two ends of two streams on the hostile link,
-/// `quiet` a third stream on it that nobody writes to, `bystander` a real
-/// connection of the victim process with someone else.
+/// `victims` (real) are the two ends of three streams on the hostile link
+/// (the hostile process holds `hostile_links` links: one), the last of which
+/// nobody writes to; `bystander` a real connection of the victim process
+/// with someone else. Returns the hostile link.
 fn survive_a_flood<S: RealStream, B: RealStream>(
-    link: Arc<RawLink>,
     mut transfers: Vec<RawTransfer>,
-    victims: Vec<S>,
-    mut quiet: S,
+    mut victims: Vec<S>,
+    hostile_links: usize,
     bystander: (&mut B, &mut (impl Read + Write)),
-) {
+) -> Arc<RawLink> {
+    let mut quiet = victims.pop().unwrap();
+    let _quiet_raw = transfers.pop().unwrap();
+    let link = transfers[0].stream.link.clone();
+    assert_eq!(hostile_links, 1, "one link per pair of processes");
+    assert!(transfers.iter().all(|t| t.stream.link.id == link.id));
     let (by_victim, by_peer) = bystander;
     let flood = Flood::start(link.clone(), false);
     let q = quiet.dup();
@@ -916,6 +921,7 @@ fn survive_a_flood<S: RealStream, B: RealStream>(
     let b = by_victim.dup();
     assert_quiet_after_flood(by_victim, |t| b.set_timeouts(t), "the bystander");
     assert_moves_data(by_victim, by_peer, "the bystander after the flood");
+    link
 }
 
 #[test]
@@ -938,19 +944,8 @@ fn a_host_process_flooding_its_link_cannot_stall_or_corrupt_a_guest() {
         let (_conn, rings) = hostile.incoming();
         transfers.push(RawTransfer::new(rings.stream(), 100 + i, FLOOD_BYTES));
     }
-    let quiet = victims.pop().unwrap();
-    let _quiet_raw = transfers.pop().unwrap();
-    let link = transfers[0].stream.link.clone();
-    assert_eq!(hostile.links.len(), 1, "one link per pair of processes");
-    assert!(transfers.iter().all(|t| t.stream.link.id == link.id));
-
-    survive_a_flood(
-        link.clone(),
-        transfers,
-        victims,
-        quiet,
-        (&mut by_guest, &mut by_host),
-    );
+    let links = hostile.links.len();
+    let link = survive_a_flood(transfers, victims, links, (&mut by_guest, &mut by_host));
     // The guest still makes connections, to both host processes.
     let _third = VsockStream::connect(&guest, VsockAddr::new(2, 7300)).unwrap();
     let (_conn, rings) = hostile.incoming();
@@ -993,19 +988,8 @@ fn a_guest_flooding_its_link_cannot_stall_or_corrupt_a_host_process() {
             FLOOD_BYTES,
         ));
     }
-    let quiet = victims.pop().unwrap();
-    let _quiet_raw = transfers.pop().unwrap();
-    let link = transfers[0].stream.link.clone();
-    assert_eq!(hostile.links.len(), 1, "one link per pair of processes");
-    assert!(transfers.iter().all(|t| t.stream.link.id == link.id));
-
-    survive_a_flood(
-        link,
-        transfers,
-        victims,
-        quiet,
-        (&mut by_host, &mut by_guest),
-    );
+    let links = hostile.links.len();
+    survive_a_flood(transfers, victims, links, (&mut by_host, &mut by_guest));
     let (mut g, mut h) = connected(&guest, &listener, 7400);
     assert_moves_data(&mut g, &mut h, "a new connection");
 }
