@@ -10,7 +10,7 @@
 //! | `op % 8` | operands | event |
 //! |---|---|---|
 //! | 0 ..= 4 | length byte, that many bytes | a datagram from the host, handled if it decodes |
-//! | 5 | relid byte, two layout bytes | the application opens channel `relid` |
+//! | 5 | relid byte, two layout bytes | the application opens channel `relid`; pipelined (OPENCHANNEL right behind the GPADL) if bit 3 of the opcode is set |
 //! | 6 | relid byte | the application closes channel `relid` |
 //! | 7 | port byte | the application sends a TL connect request |
 //!
@@ -123,6 +123,7 @@ pub fn client_messages(data: &[u8]) {
                     total_pages: u32::from(input.byte().unwrap_or(0)),
                     guest_to_host_pages: u32::from(input.byte().unwrap_or(0)),
                 };
+                client.set_pipelined_open(op & 8 != 0);
                 let _ = client.open(relid, fd.clone(), layout);
             }
             6 => {

@@ -1142,6 +1142,12 @@ impl Shared {
                 state.contacted = true;
                 self.changed.notify_all();
             }
+            ExtEvent::HostFeatures { features } if self.role == Role::Guest => {
+                let pipelined = features
+                    .iter()
+                    .any(|f| f == vmbus::ext::FEATURE_PIPELINED_OPEN);
+                state.guest.client.set_pipelined_open(pipelined);
+            }
             ExtEvent::LinkClosed { link } => {
                 state.refused_links.remove(&link);
                 self.bell.remove_link(link);

@@ -68,6 +68,18 @@
 //! [`ExtEvent::HostIncoming`]. A new link's [`ExtEvent::Link`] always comes
 //! before the first message that names it.
 //!
+//! # Opening a channel
+//!
+//! A guest opens an offered channel as Linux does: GPADL_HEADER (with the
+//! memfd) and its GPADL_BODY messages, GPADL_CREATED back, then OPENCHANNEL
+//! and OPENCHANNEL_RESULT back. An hvsock host also sends a guest
+//! [`ExtEvent::HostFeatures`] right after ALLOFFERS_DELIVERED; when it names
+//! [`FEATURE_PIPELINED_OPEN`], the guest sends OPENCHANNEL right behind the
+//! GPADL, without waiting for GPADL_CREATED. The messages are the same bytes;
+//! only the wait between them goes, which saves a round trip through the host
+//! per connection. The host still answers GPADL_CREATED first; if the GPADL
+//! failed, the open fails too (its GPADL does not exist).
+//!
 //! # Ring layout in the memfd
 //!
 //! As on Hyper-V (PROTOCOL.md 2.1): pages `0 .. guest_to_host_pages` are the
@@ -109,6 +121,13 @@ pub const HOST_TO_GUEST_FLAGS: usize = LINK_BITMAP_BYTES;
 /// The largest relid the host hands out: every channel has a bit in its
 /// link's bitmaps.
 pub const MAX_RELID: u32 = 65535;
+
+/// [`ExtEvent::HostFeatures`]: this host handles a guest's messages in
+/// order and takes an OPENCHANNEL sent right behind its GPADL_HEADER and
+/// bodies, before GPADL_CREATED came back (it answers GPADL_CREATED, then
+/// the open's result). A guest may then save the round trip Linux waits for
+/// (see "Opening a channel" in the module docs).
+pub const FEATURE_PIPELINED_OPEN: &str = "pipelined_open";
 
 /// Largest datagram either side sends (a stat reply may be large).
 pub const MAX_DATAGRAM: usize = 1 << 20;
@@ -374,6 +393,12 @@ pub enum ExtEvent {
     Link {
         /// The link's id, unique for the host's lifetime.
         link: u64,
+    },
+    /// To a guest, right after ALLOFFERS_DELIVERED: what this host does
+    /// beyond the VMBus sequence. Names a client does not know are ignored.
+    HostFeatures {
+        /// Feature names, such as [`FEATURE_PIPELINED_OPEN`].
+        features: Vec<String>,
     },
     /// The peer process of a link is gone; no channel will name it again.
     LinkClosed {

@@ -159,8 +159,8 @@ enum State {
     Offered,
     /// GPADL_HEADER (and bodies) sent.
     GpadlSent(Rings),
-    /// OPENCHANNEL sent.
-    OpenSent(Rings),
+    /// OPENCHANNEL sent; the GPADL's answer as far as it came.
+    OpenSent(Rings, GpadlAnswer),
     Open(Rings),
     /// CLOSECHANNEL (and GPADL_TEARDOWN) sent; waiting for the torndown
     /// answer (if `gpadl` is some) and the rescind.
@@ -174,11 +174,23 @@ impl State {
         match self {
             State::Offered => "offered",
             State::GpadlSent(_) => "creating its GPADL",
-            State::OpenSent(_) => "opening",
+            State::OpenSent(..) => "opening",
             State::Open(_) => "open",
             State::Closing { .. } => "closing",
         }
     }
+}
+
+/// The host's GPADL_CREATED for a channel whose OPENCHANNEL is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GpadlAnswer {
+    /// Created: OPENCHANNEL went after it (the Linux sequence), or it came
+    /// after a pipelined OPENCHANNEL.
+    Created,
+    /// OPENCHANNEL went right behind the GPADL; GPADL_CREATED is due first.
+    Pending,
+    /// The GPADL failed with this status; the open's failure is due.
+    Failed(u32),
 }
 
 #[derive(Debug)]
@@ -194,6 +206,7 @@ pub struct GuestClient {
     channels: HashMap<u32, Channel>,
     next_gpadl: u32,
     output: VecDeque<Output>,
+    pipelined_open: bool,
 }
 
 impl Default for GuestClient {
@@ -210,7 +223,17 @@ impl GuestClient {
             channels: HashMap::new(),
             next_gpadl: FIRST_LINUX_GPADL_HANDLE,
             output: VecDeque::new(),
+            pipelined_open: false,
         }
+    }
+
+    /// Whether [`open`](Self::open) sends OPENCHANNEL right behind the GPADL
+    /// instead of waiting for GPADL_CREATED as Linux does. Only for a host
+    /// that said it takes that
+    /// ([`FEATURE_PIPELINED_OPEN`](crate::ext::FEATURE_PIPELINED_OPEN)); off
+    /// by default. Applies to opens that start afterwards.
+    pub fn set_pipelined_open(&mut self, pipelined: bool) {
+        self.pipelined_open = pipelined;
     }
 
     /// The negotiated version, once connected.
@@ -273,9 +296,11 @@ impl GuestClient {
 
     /// Opens an offered channel on rings in `memfd` (page `i` of the memfd is
     /// GPADL page `i`): describes them with a GPADL (the memfd travels with
-    /// GPADL_HEADER), then, once the host has created it, sends OPENCHANNEL,
-    /// which carries no descriptor. The result comes as [`Event::Opened`];
-    /// on success the host has sent the channel's link just before it.
+    /// GPADL_HEADER), then, once the host has created it (or at once, see
+    /// [`set_pipelined_open`](Self::set_pipelined_open)), sends
+    /// OPENCHANNEL, which carries no descriptor. The result comes as
+    /// [`Event::Opened`]; on success the host has sent the channel's link
+    /// just before it.
     pub fn open(
         &mut self,
         relid: u32,
@@ -307,7 +332,6 @@ impl GuestClient {
         let messages = Gpadl::ring(relid, gpadl, (0..u64::from(total_pages)).collect())
             .to_messages()
             .map_err(|e| ClientError::Layout(e.to_string()))?;
-        self.channel_mut(relid)?.state = State::GpadlSent(Rings { gpadl, layout });
         let mut fds = vec![memfd];
         for message in messages {
             self.output.push_back(Output::Send {
@@ -315,6 +339,13 @@ impl GuestClient {
                 fds: std::mem::take(&mut fds),
             });
         }
+        let rings = Rings { gpadl, layout };
+        self.channel_mut(relid)?.state = if self.pipelined_open {
+            self.send(open_channel(relid, &rings));
+            State::OpenSent(rings, GpadlAnswer::Pending)
+        } else {
+            State::GpadlSent(rings)
+        };
         Ok(())
     }
 
@@ -327,7 +358,7 @@ impl GuestClient {
         let rescinded = channel.rescinded;
         let gpadl = match &channel.state {
             State::Offered => None,
-            State::GpadlSent(rings) | State::OpenSent(rings) | State::Open(rings) => {
+            State::GpadlSent(rings) | State::OpenSent(rings, _) | State::Open(rings) => {
                 Some(rings.gpadl)
             }
             State::Closing { .. } => return Ok(()),
@@ -423,52 +454,80 @@ impl GuestClient {
 
     fn gpadl_created(&mut self, relid: u32, gpadl: u32, status: u32) -> Result<(), ClientError> {
         let channel = self.channel_mut(relid)?;
-        let State::GpadlSent(rings) = &channel.state else {
-            return Err(ClientError::UnknownGpadl(gpadl));
-        };
-        if rings.gpadl != gpadl {
-            return Err(ClientError::UnknownGpadl(gpadl));
+        match &mut channel.state {
+            State::GpadlSent(rings) if rings.gpadl == gpadl => {
+                if status != 0 {
+                    // The host kept nothing; the channel is back to
+                    // "offered" for the application to close.
+                    channel.state = State::Offered;
+                    self.event(Event::Opened { relid, status });
+                    return Ok(());
+                }
+                let State::GpadlSent(rings) = std::mem::replace(&mut channel.state, State::Offered)
+                else {
+                    unreachable!("matched above");
+                };
+                let message = open_channel(relid, &rings);
+                channel.state = State::OpenSent(rings, GpadlAnswer::Created);
+                self.send(message);
+                Ok(())
+            }
+            State::OpenSent(rings, answer @ GpadlAnswer::Pending) if rings.gpadl == gpadl => {
+                // Pipelined: the open's result follows and tells the
+                // application.
+                *answer = if status == 0 {
+                    GpadlAnswer::Created
+                } else {
+                    GpadlAnswer::Failed(status)
+                };
+                Ok(())
+            }
+            // Closed before the answer came: the teardown settles it.
+            State::Closing { gpadl: Some(g) } if *g == gpadl => Ok(()),
+            _ => Err(ClientError::UnknownGpadl(gpadl)),
         }
-        if status != 0 {
-            // The host kept nothing; the channel is back to "offered" for the
-            // application to close.
-            channel.state = State::Offered;
-            self.event(Event::Opened { relid, status });
-            return Ok(());
-        }
-        let State::GpadlSent(rings) = std::mem::replace(&mut channel.state, State::Offered) else {
-            unreachable!("checked above");
-        };
-        let message = Message::OpenChannel(OpenChannel {
-            child_relid: relid,
-            openid: relid,
-            ringbuffer_gpadlhandle: rings.gpadl,
-            target_vp: 0,
-            downstream_ringbuffer_pageoffset: rings.layout.guest_to_host_pages,
-            userdata: [0; USER_DEFINED_SIZE],
-            guest_signal: None,
-        });
-        channel.state = State::OpenSent(rings);
-        self.send(message);
-        Ok(())
     }
 
     fn open_result(&mut self, relid: u32, status: u32) -> Result<(), ClientError> {
         let channel = self.channel_mut(relid)?;
-        if !matches!(channel.state, State::OpenSent(_)) {
-            return Err(ClientError::Unexpected(
-                crate::messages::MessageType::OPENCHANNEL_RESULT,
-            ));
-        }
-        if status == 0 {
-            if let State::OpenSent(rings) = std::mem::replace(&mut channel.state, State::Offered) {
-                channel.state = State::Open(rings);
+        let unexpected = Err(ClientError::Unexpected(
+            crate::messages::MessageType::OPENCHANNEL_RESULT,
+        ));
+        let answer = match &channel.state {
+            State::OpenSent(_, answer) => *answer,
+            // Closed before the result came.
+            State::Closing { .. } => return Ok(()),
+            _ => return unexpected,
+        };
+        match answer {
+            GpadlAnswer::Pending => unexpected,
+            GpadlAnswer::Failed(gpadl_status) => {
+                // No GPADL, so nothing to tear down: back to "offered".
+                channel.state = State::Offered;
+                self.event(Event::Opened {
+                    relid,
+                    status: gpadl_status,
+                });
+                if status == 0 {
+                    // An open on a GPADL that failed cannot have worked.
+                    return unexpected;
+                }
+                Ok(())
+            }
+            GpadlAnswer::Created => {
+                if status == 0 {
+                    if let State::OpenSent(rings, _) =
+                        std::mem::replace(&mut channel.state, State::Offered)
+                    {
+                        channel.state = State::Open(rings);
+                    }
+                }
+                // On failure the GPADL still exists: the application closes
+                // the channel, which tears it down.
+                self.event(Event::Opened { relid, status });
+                Ok(())
             }
         }
-        // On failure the GPADL still exists: the application closes the
-        // channel, which tears it down.
-        self.event(Event::Opened { relid, status });
-        Ok(())
     }
 
     fn rescinded(&mut self, relid: u32) -> Result<(), ClientError> {
@@ -543,4 +602,17 @@ impl GuestClient {
     fn event(&mut self, event: Event) {
         self.output.push_back(Output::Event(event));
     }
+}
+
+/// The OPENCHANNEL of a channel on `rings`.
+fn open_channel(relid: u32, rings: &Rings) -> Message {
+    Message::OpenChannel(OpenChannel {
+        child_relid: relid,
+        openid: relid,
+        ringbuffer_gpadlhandle: rings.gpadl,
+        target_vp: 0,
+        downstream_ringbuffer_pageoffset: rings.layout.guest_to_host_pages,
+        userdata: [0; USER_DEFINED_SIZE],
+        guest_signal: None,
+    })
 }

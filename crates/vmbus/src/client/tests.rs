@@ -378,6 +378,133 @@ fn a_failed_gpadl_is_reported_and_the_channel_can_be_closed() {
     ));
 }
 
+/// A pipelined open of `relid` (12 pages): the sends, in order.
+fn pipelined_open(relid: u32) -> (GuestClient, Vec<Output>) {
+    let mut client = offered(relid);
+    client.set_pipelined_open(true);
+    client.open(relid, fd(), LAYOUT).unwrap();
+    let out = drain(&mut client);
+    (client, out)
+}
+
+fn gpadl_created(relid: u32, creation_status: u32) -> Message {
+    Message::GpadlCreated {
+        child_relid: relid,
+        gpadl: FIRST_LINUX_GPADL_HANDLE,
+        creation_status,
+    }
+}
+
+fn open_result(relid: u32, status: u32) -> Message {
+    Message::OpenChannelResult {
+        child_relid: relid,
+        openid: relid,
+        status,
+    }
+}
+
+#[test]
+fn a_pipelined_open_sends_openchannel_right_behind_the_gpadl() {
+    let (mut client, out) = pipelined_open(30);
+    let [Message::GpadlHeader(header), Message::OpenChannel(open)] = &sent(&out)[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(open.ringbuffer_gpadlhandle, header.gpadl());
+    assert_eq!(open.downstream_ringbuffer_pageoffset, 6);
+    // The same OPENCHANNEL bytes as after GPADL_CREATED (the Linux order).
+    let mut linux = offered(30);
+    linux.open(30, fd(), LAYOUT).unwrap();
+    drain(&mut linux);
+    linux.handle(gpadl_created(30, 0)).unwrap();
+    assert_eq!(sent(&drain(&mut linux)), [sent(&out)[1]]);
+
+    // GPADL_CREATED comes first and is only noted; the result opens it.
+    client.handle(gpadl_created(30, 0)).unwrap();
+    assert!(drain(&mut client).is_empty());
+    client.handle(open_result(30, 0)).unwrap();
+    assert_eq!(
+        events(&drain(&mut client)),
+        [&Event::Opened {
+            relid: 30,
+            status: 0
+        }]
+    );
+    // Open: closing tears the GPADL down.
+    client.close(30).unwrap();
+    assert!(matches!(
+        sent(&drain(&mut client))[..],
+        [
+            Message::CloseChannel { child_relid: 30 },
+            Message::GpadlTeardown {
+                child_relid: 30,
+                ..
+            }
+        ]
+    ));
+}
+
+#[test]
+fn a_pipelined_open_whose_gpadl_fails_reports_the_gpadl_status_once() {
+    let (mut client, _) = pipelined_open(30);
+    client.handle(gpadl_created(30, 0x8000_ffff)).unwrap();
+    assert!(drain(&mut client).is_empty(), "the open's result is due");
+    client.handle(open_result(30, 0xc000_0001)).unwrap();
+    assert_eq!(
+        events(&drain(&mut client)),
+        [&Event::Opened {
+            relid: 30,
+            status: 0x8000_ffff
+        }]
+    );
+    // No GPADL to tear down: only the relid goes back.
+    client.close(30).unwrap();
+    assert!(matches!(
+        sent(&drain(&mut client))[..],
+        [Message::RelidReleased { child_relid: 30 }]
+    ));
+}
+
+#[test]
+fn a_pipelined_open_rejects_answers_out_of_order_or_inconsistent() {
+    // The result before GPADL_CREATED: the host broke its own order.
+    let (mut client, _) = pipelined_open(30);
+    assert!(client.handle(open_result(30, 0)).is_err());
+    // A success for an open whose GPADL failed is an error, and the
+    // channel is still reported failed.
+    let (mut client, _) = pipelined_open(31);
+    client.handle(gpadl_created(31, 0x8000_ffff)).unwrap();
+    assert!(client.handle(open_result(31, 0)).is_err());
+    assert_eq!(
+        events(&drain(&mut client)),
+        [&Event::Opened {
+            relid: 31,
+            status: 0x8000_ffff
+        }]
+    );
+}
+
+#[test]
+fn answers_to_an_open_closed_before_they_came_are_ignored() {
+    let (mut client, _) = pipelined_open(30);
+    client.close(30).unwrap();
+    drain(&mut client);
+    client.handle(gpadl_created(30, 0)).unwrap();
+    client.handle(open_result(30, 0)).unwrap();
+    assert!(events(&drain(&mut client)).is_empty());
+    client
+        .handle(Message::GpadlTorndown {
+            gpadl: FIRST_LINUX_GPADL_HANDLE,
+        })
+        .unwrap();
+    client
+        .handle(Message::RescindChannelOffer { child_relid: 30 })
+        .unwrap();
+    assert_eq!(
+        events(&drain(&mut client)),
+        [&Event::Released { relid: 30 }]
+    );
+}
+
 #[test]
 fn a_rescind_while_opening_is_reported() {
     let mut client = offered(30);

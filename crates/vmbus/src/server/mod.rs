@@ -815,7 +815,11 @@ impl Server {
                 client,
                 format!("{ty} before a VMBus version was agreed (INITIATE_CONTACT comes first)"),
             ),
-            Message::RequestOffers => self.send_message(client, &Message::AllOffersDelivered),
+            Message::RequestOffers => {
+                self.send_message(client, &Message::AllOffersDelivered);
+                let features = vec![crate::ext::FEATURE_PIPELINED_OPEN.to_string()];
+                self.send_event(client, &ExtEvent::HostFeatures { features }, Vec::new());
+            }
             Message::Unload => self.unload(client),
             Message::TlConnectRequest(request) => {
                 self.tl_connect(now, client, version.unwrap_or(0), request)
@@ -980,7 +984,7 @@ impl Server {
         };
         let offer = OfferChannel::hvsock(relid, channel.if_type, channel.if_instance, &params);
         let guest = channel.guest;
-        tracing::info!(
+        tracing::debug!(
             relid,
             guest = guest.0,
             if_type = %channel.if_type,
@@ -1270,7 +1274,7 @@ impl Server {
         // The link first (a CreateLink if the pair has none), then every
         // message that names it: the guest learns it before its result.
         let link = self.link_for(client, origin.host_client());
-        tracing::info!(relid, conn, link, "channel open");
+        tracing::debug!(relid, conn, link, "channel open");
         self.send_event(client, &ExtEvent::ChannelLink { relid, link }, Vec::new());
         self.send_message(client, &result(STATUS_SUCCESS));
         let fds = vec![memfd];
@@ -1316,7 +1320,7 @@ impl Server {
     fn close_channel(&mut self, client: ClientId, relid: u32) {
         match self.own_channel(client, relid, "CLOSECHANNEL") {
             Some(ChannelState::Open { .. }) => {
-                tracing::info!(relid, "guest closed the channel");
+                tracing::debug!(relid, "guest closed the channel");
                 self.notify_host_end(
                     relid,
                     ConnectFailure::Refused,
@@ -1423,7 +1427,7 @@ impl Server {
             self.host_connects.remove(&(requester, request));
         }
         let guest = ch.guest;
-        tracing::info!(relid, "channel rescinded");
+        tracing::debug!(relid, "channel rescinded");
         if let Some(session) = self.session(guest) {
             session.assembler.cancel_channel(relid);
             session.pending_fds.retain(|_, (r, _)| *r != relid);
@@ -1593,7 +1597,7 @@ impl Server {
                 let relid = self.conns.get(&conn).copied();
                 match relid.and_then(|r| self.channels.get(&r).map(|ch| (r, ch))) {
                     Some((relid, ch)) if ch.origin.host_client() == client => {
-                        tracing::info!(relid, conn, "host closed the connection");
+                        tracing::debug!(relid, conn, "host closed the connection");
                         self.rescind(relid);
                     }
                     _ => tracing::debug!(conn, "HostClose of a connection already gone"),

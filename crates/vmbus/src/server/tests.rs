@@ -440,6 +440,15 @@ impl Harness {
     /// The guest described its rings (12 pages) with GPADL [`gpadl_handle`].
     #[track_caller]
     fn with_gpadl(&mut self, s: Setup) -> SharedMemory {
+        let mem = self.send_gpadl(s);
+        self.expect_gpadl_created(s);
+        self.expect_nothing();
+        mem
+    }
+
+    /// The guest sends GPADL_HEADER (with the memfd) and bodies for 12
+    /// pages; nothing is read back.
+    fn send_gpadl(&mut self, s: Setup) -> SharedMemory {
         let mem = memfd(PAGES);
         let msgs = gpadl_msgs(
             s.relid,
@@ -455,6 +464,11 @@ impl Harness {
             };
             self.vmbus_fds(s.guest, m, f);
         }
+        mem
+    }
+
+    #[track_caller]
+    fn expect_gpadl_created(&mut self, s: Setup) {
         assert_eq!(
             self.expect_vmbus(s.guest),
             Message::GpadlCreated {
@@ -463,8 +477,6 @@ impl Harness {
                 creation_status: 0
             }
         );
-        self.expect_nothing();
-        mem
     }
 
     /// The guest opened the channel: the pair's link is created if it is
@@ -474,6 +486,12 @@ impl Harness {
     fn opened(&mut self, s: Setup) -> Opened {
         let guest_mem = self.with_gpadl(s);
         self.vmbus(s.guest, open_msg(s.relid, gpadl_handle(s.relid), SPLIT));
+        self.expect_open(s, guest_mem)
+    }
+
+    /// What [`opened`](Self::opened) checks after the guest's OPENCHANNEL.
+    #[track_caller]
+    fn expect_open(&mut self, s: Setup, guest_mem: SharedMemory) -> Opened {
         let link = match self.links.get(&(s.guest, s.host)) {
             Some(&link) => link,
             None => self.expect_create_link(s.guest, s.host),
@@ -604,6 +622,15 @@ fn version_negotiation_accepts_the_configured_range_only() {
     assert_eq!(Message::VersionResponse(r).encode().len(), 16);
     h.vmbus(g, Message::RequestOffers);
     assert_eq!(h.expect_vmbus(g), Message::AllOffersDelivered);
+    // Then what this host does beyond the VMBus sequence.
+    let (features, fds) = h.expect_event(g);
+    assert!(fds.is_empty());
+    assert_eq!(
+        features,
+        ExtEvent::HostFeatures {
+            features: vec![crate::ext::FEATURE_PIPELINED_OPEN.to_string()],
+        }
+    );
 
     let g4 = h.connect(Partition::Vm(h.alpha));
     h.vmbus(g4, initiate(VERSION_WIN10));
@@ -1267,6 +1294,44 @@ fn gpadl_validation() {
         // The channel may still get a good GPADL.
         let _mem = h.with_gpadl(s);
     }
+}
+
+#[test]
+fn an_openchannel_right_behind_its_gpadl_opens_after_gpadl_created() {
+    // FEATURE_PIPELINED_OPEN: GPADL_CREATED first, then what an open sends.
+    for from_host in [false, true] {
+        let mut h = Harness::new();
+        let s = if from_host {
+            h.offered_by_host()
+        } else {
+            h.offered_by_guest()
+        };
+        let mem = h.send_gpadl(s);
+        h.vmbus(s.guest, open_msg(s.relid, gpadl_handle(s.relid), SPLIT));
+        h.expect_gpadl_created(s);
+        let o = h.expect_open(s, mem);
+        h.rescinded(&o);
+    }
+    // Behind a GPADL that failed, the open fails too.
+    let mut h = Harness::new();
+    let s = h.offered_by_host();
+    let msgs = gpadl_msgs(s.relid, 5, (0..u64::from(PAGES)).collect());
+    let mut fd = Some(dup(&memfd(4)));
+    for m in msgs {
+        h.vmbus_fds(s.guest, m, fd.take().into_iter().collect());
+    }
+    h.vmbus(s.guest, open_msg(s.relid, 5, SPLIT));
+    assert!(matches!(
+        h.expect_vmbus(s.guest),
+        Message::GpadlCreated { creation_status, .. } if creation_status == STATUS_UNSUCCESSFUL
+    ));
+    assert!(matches!(
+        h.expect_vmbus(s.guest),
+        Message::OpenChannelResult { status, .. } if status == STATUS_UNSUCCESSFUL
+    ));
+    h.expect_nothing();
+    // The offer stands: a good GPADL and open still work.
+    let _o = h.opened(s);
 }
 
 #[test]
