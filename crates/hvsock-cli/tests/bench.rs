@@ -125,3 +125,40 @@ fn only_runs_one_case_and_the_table_has_ratios() {
         assert!(text.contains(&format!("| {transport} |")), "{text}");
     }
 }
+
+#[test]
+fn mode_and_transport_filters_keep_only_those_rows() {
+    let doc = bench(&[
+        "--quick",
+        "--json",
+        "--only",
+        "rtt",
+        "--mode",
+        "busy-poll",
+        "--transport",
+        "uds",
+        "--transport",
+        "hvsock",
+    ]);
+    let results = doc["results"].as_array().expect("results is an array");
+    assert!(!results.is_empty());
+    for r in results {
+        assert_eq!(string(r, "case"), "rtt", "{r}");
+        assert_eq!(string(r, "mode"), "busy-poll", "{r}");
+        assert!(["uds", "hvsock"].contains(&string(r, "transport")), "{r}");
+    }
+    for transport in ["uds", "hvsock"] {
+        assert!(
+            results.iter().any(|r| r["transport"] == transport),
+            "no {transport} row"
+        );
+    }
+    // An unknown mode is refused with the choices.
+    let out = Command::new(env!("CARGO_BIN_EXE_hvsock"))
+        .args(["bench", "--mode", "spinning"])
+        .output()
+        .expect("hvsock runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("busy-poll"), "{err}");
+}

@@ -75,6 +75,11 @@ pub struct BenchArgs {
     #[arg(long = "transport", value_name = "NAME")]
     transports: Vec<String>,
 
+    /// Measure only this mode (repeatable: blocking, busy-poll). The C ring
+    /// runs with busy-poll.
+    #[arg(long = "mode", value_name = "MODE", value_parser = ["blocking", "busy-poll"])]
+    modes: Vec<String>,
+
     /// Also write the JSON document to this file (with the table on stdout).
     #[arg(long, value_name = "FILE")]
     save: Option<PathBuf>,
@@ -385,6 +390,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         let mut list = plan(*case, &sizes, env.c_ring.is_some());
         if !args.transports.is_empty() {
             list.retain(|p| args.transports.iter().any(|t| t == p.key().transport));
+        }
+        if !args.modes.is_empty() {
+            list.retain(|p| args.modes.iter().any(|m| m == p.key().mode));
         }
         // Memory and descriptors do not need repeating, and 10,000
         // connections take long: the connections case runs once.
