@@ -75,6 +75,10 @@ pub(crate) struct ChannelIo {
     rx_data_offset: usize,
     /// Spin this long (nanoseconds) before sleeping; 0 = never spin.
     busy_poll: AtomicU64,
+    /// Bytes a write puts in the ring before it publishes them.
+    tx_chunk: usize,
+    /// Bytes a read copies out before it publishes the room.
+    rx_chunk: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -127,6 +131,11 @@ impl ChannelIo {
         .min(writer.data_size() - 8);
         writer.set_pending_send_size(pending);
         let reader = RingReader::new(rx_mem, MAX_RECV_PACKET as u32).map_err(attach)?;
+        let (tx_chunk, rx_chunk) = commit_chunks(
+            writer.data_size() as usize,
+            max_send,
+            reader.data_size() as usize,
+        );
         let signal = bell.register(&link, relid)?;
         Ok(Self {
             tx: Mutex::new(Tx {
@@ -147,6 +156,8 @@ impl ChannelIo {
             counter_offset: tx_offset + BYTES_WRITTEN_OFFSET,
             rx_data_offset,
             busy_poll: AtomicU64::new(0),
+            tx_chunk,
+            rx_chunk,
         })
     }
 
@@ -332,7 +343,7 @@ impl ChannelIo {
             // rest (one commit at the end would leave it asleep until the
             // whole ring is drained: half the throughput at 1 MiB reads).
             let mut total = 0;
-            for chunk in buf.chunks_mut(COMMIT_CHUNK) {
+            for chunk in buf.chunks_mut(this.rx_chunk) {
                 if total > 0 && reader.commit().map_err(|c| this.reset(c))? {
                     this.signal_peer()?;
                 }
@@ -410,7 +421,7 @@ impl ChannelIo {
             // commit at the end would show it nothing until the ring is
             // full: half the throughput at 1 MiB writes).
             let mut n = 0;
-            for chunk in buf.chunks(COMMIT_CHUNK) {
+            for chunk in buf.chunks(self.tx_chunk) {
                 let wrote = tx.writer.write(chunk).map_err(|e| match e {
                     PipeWriteError::Ring(WriteError::Corrupt(c)) => self.reset(c),
                     other => write_error(other),
@@ -508,8 +519,21 @@ fn write_error(e: PipeWriteError) -> io::Error {
 
 /// How much a read copies out of the ring before it publishes the room it
 /// freed, and a write puts in before it publishes the data (see `try_read`
-/// and `try_write`).
+/// and `try_write`), at most.
 const COMMIT_CHUNK: usize = 32 * 1024;
+
+/// The write and read commit chunks for rings of `tx_data` and `rx_data`
+/// bytes, where a packet carries at most `max_send` bytes: a quarter of the
+/// ring at most, so that on a small ring (the seed's 20 KiB) the peer works
+/// on one part while we fill or drain the next instead of the two taking
+/// turns over the whole ring; and a write chunk is whole packets, so that a
+/// chunk boundary never cuts a small packet off a full one.
+fn commit_chunks(tx_data: usize, max_send: usize, rx_data: usize) -> (usize, usize) {
+    let max_send = max_send.max(1);
+    let tx = (COMMIT_CHUNK.min(tx_data / 4) / max_send).max(1) * max_send;
+    let rx = COMMIT_CHUNK.min(rx_data / 4).max(1024);
+    (tx, rx)
+}
 
 /// How an operation waits.
 #[derive(Debug, Clone, Copy, Default)]

@@ -372,3 +372,35 @@ fn read_to_fd_moves_bytes_straight_from_the_ring_including_across_the_wrap() {
         "bytes damaged on the way to the fd"
     );
 }
+
+#[test]
+fn commit_chunks_are_a_quarter_of_small_rings_and_whole_packets() {
+    let page = vmbus_ring::layout::PAGE_SIZE;
+    let seed_data = 5 * page;
+    let default_data = 51 * page;
+    // A guest on the seed's rings publishes every packet (4088 bytes) and
+    // frees room every 5 KiB.
+    assert_eq!(
+        commit_chunks(seed_data, GUEST_MAX_SEND_DATA, seed_data),
+        (GUEST_MAX_SEND_DATA, 5 * 1024)
+    );
+    // On the default rings: 8 whole guest packets (not 32 KiB, which would
+    // cut a 64-byte packet off every chunk), and 32 KiB reads.
+    assert_eq!(
+        commit_chunks(default_data, GUEST_MAX_SEND_DATA, default_data),
+        (8 * GUEST_MAX_SEND_DATA, 32 * 1024)
+    );
+    // A host's 16 KiB packets: one per chunk on the seed's rings (a quarter
+    // of the ring is less than a packet), two on the default ones.
+    assert_eq!(
+        commit_chunks(seed_data, MAX_RECV_DATA, seed_data).0,
+        MAX_RECV_DATA
+    );
+    assert_eq!(
+        commit_chunks(default_data, MAX_RECV_DATA, default_data).0,
+        2 * MAX_RECV_DATA
+    );
+    // Never zero, whatever the ring.
+    let (tx, rx) = commit_chunks(0, 0, 0);
+    assert!(tx > 0 && rx > 0);
+}
