@@ -211,7 +211,7 @@ if __name__ == "__main__":
 
 fn run_pair(server_vm: Option<&str>, client_vm: Option<&str>, port: u32) {
     require("python3");
-    let d = Daemon::start();
+    let d = Daemon::start(&["alpha"]);
     let script = d.dir.path().join("vsock_check.py");
     std::fs::write(&script, SCRIPT).unwrap();
     let script = script.to_str().unwrap();

@@ -68,7 +68,7 @@ else:
 fn the_relay_survives_a_signal_flood() {
     use std::io::BufRead;
     require("python3");
-    let d = Daemon::start();
+    let d = Daemon::start(&["alpha"]);
     let script = d.dir.path().join("flood.py");
     std::fs::write(&script, SCRIPT).unwrap();
     let script = script.to_str().unwrap();

@@ -45,7 +45,7 @@ fn socat_send(
 fn guest_listens_with_fork_host_connects_twice_half_close_100_mib() {
     require("socat");
     require("sha256sum");
-    let d = Daemon::start();
+    let d = Daemon::start(&["alpha"]);
     let data = d.dir.path().join("data");
     write_data(&data, 100 * MIB, 7);
     let expected = sha256(&data);
@@ -73,7 +73,7 @@ fn guest_listens_with_fork_host_connects_twice_half_close_100_mib() {
 fn host_listens_with_fork_guest_echoes_100_mib() {
     require("socat");
     require("sha256sum");
-    let d = Daemon::start();
+    let d = Daemon::start(&["alpha"]);
     let data = d.dir.path().join("data");
     write_data(&data, 100 * MIB, 11);
     let _server = d.spawn(None, "socat", &["VSOCK-LISTEN:6000,fork", "EXEC:cat"]);
@@ -99,7 +99,7 @@ fn socat_fails(d: &Daemon, vm: Option<&str>, target: &str) -> String {
 #[test]
 fn errors_are_linux_errors_and_reported_at_once() {
     require("socat");
-    let d = Daemon::start();
+    let d = Daemon::start(&["alpha"]);
     let cid = d.cid("alpha");
     // Nobody listening: refused at once, both ways.
     let e = socat_fails(&d, Some("alpha"), "VSOCK-CONNECT:2:7000");
@@ -126,7 +126,7 @@ fn errors_are_linux_errors_and_reported_at_once() {
 fn a_writer_that_exits_at_once_loses_nothing() {
     require("socat");
     require("sha256sum");
-    let d = Daemon::start();
+    let d = Daemon::start(&["alpha"]);
     let data = d.dir.path().join("data");
     write_data(&data, 100 * MIB, 13);
     let out = d.dir.path().join("out");

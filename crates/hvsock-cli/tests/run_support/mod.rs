@@ -4,18 +4,23 @@
 
 #![allow(dead_code, reason = "each test file uses a different part")]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::{Read, Write};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `hvsock` binary under test, never picking up a socket from the
-/// environment.
+// The daemon helper of the other CLI tests; these start it with VM `alpha`
+// and add what `hvsock run` tests need below.
+#[path = "../common/mod.rs"]
+mod common;
+
+pub use common::Daemon;
+
+/// The `hvsock` binary under test, never picking up a socket or a shim
+/// from the environment.
 pub fn hvsock() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_hvsock"));
-    c.env_remove("HVSOCK_SOCKET")
-        .env_remove("HVSOCK_PRELOAD")
-        .env("HVSOCK_LOG", "warn");
+    let mut c = common::hvsock();
+    c.env_remove("HVSOCK_PRELOAD");
     c
 }
 
@@ -85,40 +90,7 @@ impl Drop for Guard {
     }
 }
 
-/// A running `hvsock host` in a temporary directory, with VM `alpha`.
-pub struct Daemon {
-    pub dir: tempfile::TempDir,
-    pub socket: PathBuf,
-    child: Guard,
-    _stdout: BufReader<std::process::ChildStdout>,
-}
-
 impl Daemon {
-    pub fn start() -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("host.sock");
-        let mut child = hvsock()
-            .arg("host")
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--vm")
-            .arg("alpha")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start hvsock host");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        assert!(line.starts_with("hvsock host listening on"), "{line:?}");
-        Daemon {
-            dir,
-            socket,
-            child: Guard(child),
-            _stdout: stdout,
-        }
-    }
-
     /// `hvsock run [--vm VM] -- PROGRAM ARGS...` against this daemon.
     pub fn run(&self, vm: Option<&str>, program: &str, args: &[&str]) -> Command {
         let mut c = hvsock();
