@@ -289,13 +289,7 @@ fn open_sends_the_gpadl_with_the_memfd_then_openchannel_without_descriptors() {
             status: 0,
         })
         .unwrap();
-    assert_eq!(
-        events(&drain(&mut client)),
-        [&Event::Opened {
-            relid: 30,
-            status: 0
-        }]
-    );
+    expect_opened(&mut client, 30, 0);
 }
 
 #[test]
@@ -364,13 +358,7 @@ fn a_failed_gpadl_is_reported_and_the_channel_can_be_closed() {
             creation_status: 0x8000_ffff,
         })
         .unwrap();
-    assert_eq!(
-        events(&drain(&mut client)),
-        [&Event::Opened {
-            relid: 30,
-            status: 0x8000_ffff
-        }]
-    );
+    expect_opened(&mut client, 30, 0x8000_ffff);
     client.close(30).unwrap();
     assert!(matches!(
         sent(&drain(&mut client))[..],
@@ -403,6 +391,12 @@ fn open_result(relid: u32, status: u32) -> Message {
     }
 }
 
+/// The client's only output is the open's result.
+#[track_caller]
+fn expect_opened(client: &mut GuestClient, relid: u32, status: u32) {
+    assert_eq!(events(&drain(client)), [&Event::Opened { relid, status }]);
+}
+
 #[test]
 fn a_pipelined_open_sends_openchannel_right_behind_the_gpadl() {
     let (mut client, out) = pipelined_open(30);
@@ -422,13 +416,7 @@ fn a_pipelined_open_sends_openchannel_right_behind_the_gpadl() {
     client.handle(gpadl_created(30, 0)).unwrap();
     assert!(drain(&mut client).is_empty());
     client.handle(open_result(30, 0)).unwrap();
-    assert_eq!(
-        events(&drain(&mut client)),
-        [&Event::Opened {
-            relid: 30,
-            status: 0
-        }]
-    );
+    expect_opened(&mut client, 30, 0);
     // Open: closing tears the GPADL down.
     client.close(30).unwrap();
     assert!(matches!(
@@ -449,13 +437,7 @@ fn a_pipelined_open_whose_gpadl_fails_reports_the_gpadl_status_once() {
     client.handle(gpadl_created(30, 0x8000_ffff)).unwrap();
     assert!(drain(&mut client).is_empty(), "the open's result is due");
     client.handle(open_result(30, 0xc000_0001)).unwrap();
-    assert_eq!(
-        events(&drain(&mut client)),
-        [&Event::Opened {
-            relid: 30,
-            status: 0x8000_ffff
-        }]
-    );
+    expect_opened(&mut client, 30, 0x8000_ffff);
     // No GPADL to tear down: only the relid goes back.
     client.close(30).unwrap();
     assert!(matches!(
@@ -474,13 +456,7 @@ fn a_pipelined_open_rejects_answers_out_of_order_or_inconsistent() {
     let (mut client, _) = pipelined_open(31);
     client.handle(gpadl_created(31, 0x8000_ffff)).unwrap();
     assert!(client.handle(open_result(31, 0)).is_err());
-    assert_eq!(
-        events(&drain(&mut client)),
-        [&Event::Opened {
-            relid: 31,
-            status: 0x8000_ffff
-        }]
-    );
+    expect_opened(&mut client, 31, 0x8000_ffff);
 }
 
 #[test]
