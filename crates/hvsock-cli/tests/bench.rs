@@ -153,6 +153,15 @@ fn mode_and_transport_filters_keep_only_those_rows() {
             "no {transport} row"
         );
     }
+    // Filters that leave nothing to measure are an error, not an empty
+    // table.
+    let out = Command::new(env!("CARGO_BIN_EXE_hvsock"))
+        .args(["bench", "--quick", "--only", "setup", "--mode", "busy-poll"])
+        .output()
+        .expect("hvsock runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nothing to measure"), "{err}");
     // An unknown mode is refused with the choices.
     let out = Command::new(env!("CARGO_BIN_EXE_hvsock"))
         .args(["bench", "--mode", "spinning"])

@@ -524,10 +524,12 @@ const COMMIT_CHUNK: usize = 32 * 1024;
 
 /// The write and read commit chunks for rings of `tx_data` and `rx_data`
 /// bytes, where a packet carries at most `max_send` bytes: a quarter of the
-/// ring at most, so that on a small ring (the seed's 20 KiB) the peer works
-/// on one part while we fill or drain the next instead of the two taking
-/// turns over the whole ring; and a write chunk is whole packets, so that a
-/// chunk boundary never cuts a small packet off a full one.
+/// ring (but a write chunk at least one packet), so that on a small ring
+/// (the seed's 20 KiB) the peer works on one part while we fill or drain
+/// the next instead of the two taking turns over the whole ring; and a
+/// write chunk is whole packets, so that a chunk boundary never cuts a
+/// small packet off a full one. A chunk larger than the free room is no
+/// stall: a write publishes whatever part of it fit.
 fn commit_chunks(tx_data: usize, max_send: usize, rx_data: usize) -> (usize, usize) {
     let max_send = max_send.max(1);
     let tx = (COMMIT_CHUNK.min(tx_data / 4) / max_send).max(1) * max_send;

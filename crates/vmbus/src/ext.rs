@@ -78,7 +78,10 @@
 //! GPADL, without waiting for GPADL_CREATED. The messages are the same bytes;
 //! only the wait between them goes, which saves a round trip through the host
 //! per connection. The host still answers GPADL_CREATED first; if the GPADL
-//! failed, the open fails too (its GPADL does not exist).
+//! failed, the open fails too (its GPADL does not exist). If the host
+//! rescinds the offer in between, the rescind comes instead of the open's
+//! result, as it can in the Linux order. A guest that closes an open before
+//! both answers are in waits for them, then tears down only what exists.
 //!
 //! # Ring layout in the memfd
 //!
@@ -395,7 +398,9 @@ pub enum ExtEvent {
         link: u64,
     },
     /// To a guest, right after ALLOFFERS_DELIVERED: what this host does
-    /// beyond the VMBus sequence. Names a client does not know are ignored.
+    /// beyond the VMBus sequence. Names a client does not know are ignored;
+    /// a guest library older than this event logs it once as undecodable
+    /// and keeps the Linux order.
     HostFeatures {
         /// Feature names, such as [`FEATURE_PIPELINED_OPEN`].
         features: Vec<String>,

@@ -404,6 +404,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         plans.push((list, rounds));
     }
     let steps: usize = plans.iter().map(|(l, r)| l.len() * r).sum();
+    if steps == 0 {
+        bail!(
+            "nothing to measure: --only, --transport and --mode together leave no \
+             measurement (set-up and connections run only in blocking mode, the C ring \
+             only in busy-poll throughput)"
+        );
+    }
     let bar = ProgressBar::with_draw_target(Some(steps as u64), ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {wide_msg}")

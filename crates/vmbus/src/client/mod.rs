@@ -161,12 +161,40 @@ enum State {
     GpadlSent(Rings),
     /// OPENCHANNEL sent; the GPADL's answer as far as it came.
     OpenSent(Rings, GpadlAnswer),
+    /// OPENCHANNEL_RESULT said no; the GPADL stays until the application
+    /// closes the channel.
+    OpenFailed(Rings),
     Open(Rings),
-    /// CLOSECHANNEL (and GPADL_TEARDOWN) sent; waiting for the torndown
-    /// answer (if `gpadl` is some) and the rescind.
+    /// Closed by the application while the host still owed answers about
+    /// its open: what must be torn down depends on them, so nothing is sent
+    /// until they are in (a teardown of a GPADL the host never created
+    /// would be a protocol violation).
+    Abandoned {
+        gpadl: u32,
+        answer: GpadlAnswer,
+        open: OpenAnswer,
+    },
+    /// CLOSECHANNEL and/or GPADL_TEARDOWN sent; waiting for the torndown
+    /// answer (if `gpadl` is some) and the rescind, or, if `refuse` (the
+    /// channel never opened), only for the torndown answer: then the offer
+    /// is refused by releasing its relid.
     Closing {
         gpadl: Option<u32>,
+        refuse: bool,
     },
+}
+
+/// The host's OPENCHANNEL_RESULT for an abandoned open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OpenAnswer {
+    /// OPENCHANNEL was never sent.
+    NotSent,
+    /// Sent; no answer yet.
+    Pending,
+    /// The channel opened.
+    Opened,
+    /// The open failed.
+    Refused,
 }
 
 impl State {
@@ -174,7 +202,8 @@ impl State {
         match self {
             State::Offered => "offered",
             State::GpadlSent(_) => "creating its GPADL",
-            State::OpenSent(..) => "opening",
+            State::OpenSent(..) | State::Abandoned { .. } => "opening",
+            State::OpenFailed(_) => "failed to open",
             State::Open(_) => "open",
             State::Closing { .. } => "closing",
         }
@@ -189,7 +218,8 @@ enum GpadlAnswer {
     Created,
     /// OPENCHANNEL went right behind the GPADL; GPADL_CREATED is due first.
     Pending,
-    /// The GPADL failed with this status; the open's failure is due.
+    /// The GPADL failed with this status; the open's failure (or a rescind)
+    /// is due.
     Failed(u32),
 }
 
@@ -349,21 +379,23 @@ impl GuestClient {
         Ok(())
     }
 
-    /// Closes a channel in any state: refuses an offer, abandons an open, or
-    /// tears down an open channel (CLOSECHANNEL, GPADL_TEARDOWN, then
-    /// RELID_RELEASED once the host has rescinded it). Ends with
+    /// Closes a channel in any state: refuses an offer, abandons an open
+    /// (once the host has answered what it was sent: only then is it known
+    /// what exists to tear down), or tears down an open channel
+    /// (CLOSECHANNEL, GPADL_TEARDOWN, then RELID_RELEASED once the host has
+    /// rescinded it). A channel that never opened is released as soon as
+    /// its GPADL is torn down, without waiting for a rescind. Ends with
     /// [`Event::Released`].
     pub fn close(&mut self, relid: u32) -> Result<(), ClientError> {
         let channel = self.channel_mut(relid)?;
         let rescinded = channel.rescinded;
-        let gpadl = match &channel.state {
-            State::Offered => None,
-            State::GpadlSent(rings) | State::OpenSent(rings, _) | State::Open(rings) => {
-                Some(rings.gpadl)
-            }
-            State::Closing { .. } => return Ok(()),
-        };
         let was_offered = matches!(channel.state, State::Offered);
+        if matches!(
+            channel.state,
+            State::Closing { .. } | State::Abandoned { .. }
+        ) {
+            return Ok(());
+        }
         if was_offered || rescinded {
             // Never opened, or the host has withdrawn it: only the relid is
             // left to give back (Linux skips the GPADL teardown after a
@@ -374,14 +406,61 @@ impl GuestClient {
             self.release(relid);
             return Ok(());
         }
-        self.send(Message::CloseChannel { child_relid: relid });
-        if let Some(gpadl) = gpadl {
-            self.send(Message::GpadlTeardown {
-                child_relid: relid,
-                gpadl,
-            });
+        let abandoned = |rings: &Rings, answer, open| State::Abandoned {
+            gpadl: rings.gpadl,
+            answer,
+            open,
+        };
+        channel.state = match std::mem::replace(&mut channel.state, State::Offered) {
+            State::GpadlSent(rings) => abandoned(&rings, GpadlAnswer::Pending, OpenAnswer::NotSent),
+            State::OpenSent(rings, answer @ (GpadlAnswer::Pending | GpadlAnswer::Failed(_))) => {
+                abandoned(&rings, answer, OpenAnswer::Pending)
+            }
+            State::OpenSent(rings, GpadlAnswer::Created) => {
+                abandoned(&rings, GpadlAnswer::Created, OpenAnswer::Pending)
+            }
+            State::Open(rings) => abandoned(&rings, GpadlAnswer::Created, OpenAnswer::Opened),
+            State::OpenFailed(rings) => {
+                abandoned(&rings, GpadlAnswer::Created, OpenAnswer::Refused)
+            }
+            State::Offered | State::Abandoned { .. } | State::Closing { .. } => {
+                unreachable!("returned above")
+            }
+        };
+        self.settle(relid)
+    }
+
+    /// Sends what an abandoned open's close needs once the host's answers
+    /// are in: nothing but the relid if the GPADL failed, GPADL_TEARDOWN
+    /// if it exists, and CLOSECHANNEL first if the channel opened.
+    fn settle(&mut self, relid: u32) -> Result<(), ClientError> {
+        let channel = self.channel_mut(relid)?;
+        let State::Abandoned {
+            gpadl,
+            answer,
+            open,
+        } = channel.state
+        else {
+            return Ok(());
+        };
+        match (answer, open) {
+            (GpadlAnswer::Pending, _) | (_, OpenAnswer::Pending) => {}
+            (GpadlAnswer::Failed(_), _) => self.release(relid),
+            (GpadlAnswer::Created, open) => {
+                let opened = open == OpenAnswer::Opened;
+                channel.state = State::Closing {
+                    gpadl: Some(gpadl),
+                    refuse: !opened,
+                };
+                if opened {
+                    self.send(Message::CloseChannel { child_relid: relid });
+                }
+                self.send(Message::GpadlTeardown {
+                    child_relid: relid,
+                    gpadl,
+                });
+            }
         }
-        self.channel_mut(relid)?.state = State::Closing { gpadl };
         Ok(())
     }
 
@@ -482,8 +561,18 @@ impl GuestClient {
                 };
                 Ok(())
             }
-            // Closed before the answer came: the teardown settles it.
-            State::Closing { gpadl: Some(g) } if *g == gpadl => Ok(()),
+            State::Abandoned {
+                gpadl: g,
+                answer: answer @ GpadlAnswer::Pending,
+                ..
+            } if *g == gpadl => {
+                *answer = if status == 0 {
+                    GpadlAnswer::Created
+                } else {
+                    GpadlAnswer::Failed(status)
+                };
+                self.settle(relid)
+            }
             _ => Err(ClientError::UnknownGpadl(gpadl)),
         }
     }
@@ -493,10 +582,23 @@ impl GuestClient {
         let unexpected = Err(ClientError::Unexpected(
             crate::messages::MessageType::OPENCHANNEL_RESULT,
         ));
-        let answer = match &channel.state {
+        let answer = match &mut channel.state {
             State::OpenSent(_, answer) => *answer,
-            // Closed before the result came.
-            State::Closing { .. } => return Ok(()),
+            State::Abandoned {
+                answer,
+                open: open @ OpenAnswer::Pending,
+                ..
+            } => {
+                if *answer == GpadlAnswer::Pending {
+                    return unexpected;
+                }
+                *open = if status == 0 {
+                    OpenAnswer::Opened
+                } else {
+                    OpenAnswer::Refused
+                };
+                return self.settle(relid);
+            }
             _ => return unexpected,
         };
         match answer {
@@ -515,15 +617,17 @@ impl GuestClient {
                 Ok(())
             }
             GpadlAnswer::Created => {
-                if status == 0 {
-                    if let State::OpenSent(rings, _) =
-                        std::mem::replace(&mut channel.state, State::Offered)
-                    {
-                        channel.state = State::Open(rings);
-                    }
+                if let State::OpenSent(rings, _) =
+                    std::mem::replace(&mut channel.state, State::Offered)
+                {
+                    // On failure the GPADL still exists: the application
+                    // closes the channel, which tears it down.
+                    channel.state = if status == 0 {
+                        State::Open(rings)
+                    } else {
+                        State::OpenFailed(rings)
+                    };
                 }
-                // On failure the GPADL still exists: the application closes
-                // the channel, which tears it down.
                 self.event(Event::Opened { relid, status });
                 Ok(())
             }
@@ -539,8 +643,14 @@ impl GuestClient {
         }
         channel.rescinded = true;
         match channel.state {
-            State::Closing { gpadl: None } => self.release(relid),
+            State::Closing { gpadl: None, .. } => self.release(relid),
             State::Closing { .. } => {}
+            // The application closed it already: as a close after a
+            // rescind, give the relid back without a teardown.
+            State::Abandoned { .. } => {
+                self.send(Message::CloseChannel { child_relid: relid });
+                self.release(relid);
+            }
             _ => self.event(Event::Rescinded { relid }),
         }
         Ok(())
@@ -551,9 +661,15 @@ impl GuestClient {
             .channels
             .iter_mut()
             .find_map(|(&relid, channel)| match channel.state {
-                State::Closing { gpadl: Some(g) } if g == gpadl => {
-                    channel.state = State::Closing { gpadl: None };
-                    Some((relid, channel.rescinded))
+                State::Closing {
+                    gpadl: Some(g),
+                    refuse,
+                } if g == gpadl => {
+                    channel.state = State::Closing {
+                        gpadl: None,
+                        refuse,
+                    };
+                    Some((relid, channel.rescinded || refuse))
                 }
                 _ => None,
             });

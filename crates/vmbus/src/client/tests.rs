@@ -460,13 +460,30 @@ fn a_pipelined_open_rejects_answers_out_of_order_or_inconsistent() {
 }
 
 #[test]
-fn answers_to_an_open_closed_before_they_came_are_ignored() {
+fn closing_an_open_before_its_answers_waits_for_them_then_tears_down_what_exists() {
+    // Both answers good: the channel opened, so CLOSECHANNEL and the
+    // teardown, then the release after the rescind.
     let (mut client, _) = pipelined_open(30);
     client.close(30).unwrap();
-    drain(&mut client);
+    assert!(
+        drain(&mut client).is_empty(),
+        "nothing known to tear down yet"
+    );
     client.handle(gpadl_created(30, 0)).unwrap();
+    assert!(drain(&mut client).is_empty(), "the open's answer is due");
     client.handle(open_result(30, 0)).unwrap();
-    assert!(events(&drain(&mut client)).is_empty());
+    let out = drain(&mut client);
+    assert!(events(&out).is_empty());
+    assert!(matches!(
+        sent(&out)[..],
+        [
+            Message::CloseChannel { child_relid: 30 },
+            Message::GpadlTeardown {
+                child_relid: 30,
+                ..
+            }
+        ]
+    ));
     client
         .handle(Message::GpadlTorndown {
             gpadl: FIRST_LINUX_GPADL_HANDLE,
@@ -479,6 +496,91 @@ fn answers_to_an_open_closed_before_they_came_are_ignored() {
         events(&drain(&mut client)),
         [&Event::Released { relid: 30 }]
     );
+}
+
+#[test]
+fn closing_an_open_whose_gpadl_fails_gives_back_only_the_relid() {
+    // Closed before the GPADL's answer, and closed after it: either way no
+    // teardown of a GPADL the host never created, and the relid goes back
+    // once the open's (failed) answer is in.
+    for close_first in [true, false] {
+        let (mut client, _) = pipelined_open(30);
+        if close_first {
+            client.close(30).unwrap();
+        }
+        client.handle(gpadl_created(30, 0x8000_ffff)).unwrap();
+        if !close_first {
+            client.close(30).unwrap();
+        }
+        assert!(drain(&mut client).is_empty(), "close_first {close_first}");
+        client.handle(open_result(30, 0xc000_0001)).unwrap();
+        let out = drain(&mut client);
+        assert!(
+            matches!(sent(&out)[..], [Message::RelidReleased { child_relid: 30 }]),
+            "close_first {close_first}: {out:?}"
+        );
+        assert_eq!(events(&out), [&Event::Released { relid: 30 }]);
+    }
+}
+
+#[test]
+fn a_failed_open_tears_its_gpadl_down_and_is_released_without_a_rescind() {
+    for pipelined in [false, true] {
+        let mut client = offered(30);
+        client.set_pipelined_open(pipelined);
+        client.open(30, fd(), LAYOUT).unwrap();
+        drain(&mut client);
+        client.handle(gpadl_created(30, 0)).unwrap();
+        drain(&mut client);
+        client.handle(open_result(30, 0xc000_0001)).unwrap();
+        expect_opened(&mut client, 30, 0xc000_0001);
+        // A second answer is a protocol error and opens nothing.
+        assert!(client.handle(open_result(30, 0)).is_err());
+        assert!(drain(&mut client).is_empty());
+        // Never opened: no CLOSECHANNEL, and the offer is refused as soon
+        // as the GPADL is gone (the host may never rescind it).
+        client.close(30).unwrap();
+        assert!(matches!(
+            sent(&drain(&mut client))[..],
+            [Message::GpadlTeardown {
+                child_relid: 30,
+                ..
+            }]
+        ));
+        client
+            .handle(Message::GpadlTorndown {
+                gpadl: FIRST_LINUX_GPADL_HANDLE,
+            })
+            .unwrap();
+        let out = drain(&mut client);
+        assert!(matches!(
+            sent(&out)[..],
+            [Message::RelidReleased { child_relid: 30 }]
+        ));
+        assert_eq!(events(&out), [&Event::Released { relid: 30 }]);
+    }
+}
+
+#[test]
+fn a_rescind_of_an_abandoned_open_releases_it_without_a_teardown() {
+    let (mut client, _) = pipelined_open(30);
+    client.close(30).unwrap();
+    client
+        .handle(Message::RescindChannelOffer { child_relid: 30 })
+        .unwrap();
+    let out = drain(&mut client);
+    assert!(matches!(
+        sent(&out)[..],
+        [
+            Message::CloseChannel { child_relid: 30 },
+            Message::RelidReleased { child_relid: 30 }
+        ]
+    ));
+    assert_eq!(events(&out), [&Event::Released { relid: 30 }]);
+    // Answers the host sent before it saw the release name a relid we no
+    // longer have: errors for the caller to log, nothing more.
+    assert!(client.handle(gpadl_created(30, 0)).is_err());
+    assert_eq!(client.channel_count(), 0);
 }
 
 #[test]

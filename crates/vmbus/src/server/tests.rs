@@ -1334,6 +1334,109 @@ fn an_openchannel_right_behind_its_gpadl_opens_after_gpadl_created() {
     let _o = h.opened(s);
 }
 
+/// A real [`GuestClient`](crate::client::GuestClient) that has agreed a
+/// version and holds the offer of `s`, pipelining its opens or not.
+fn real_client(s: Setup, offer: OfferChannel, pipelined: bool) -> crate::client::GuestClient {
+    use crate::messages::{VersionResponse, VersionResponseExt};
+    let mut client = crate::client::GuestClient::new();
+    client.start();
+    client
+        .handle(Message::VersionResponse(VersionResponse {
+            version_supported: true,
+            connection_state: 0,
+            msg_conn_id: 4,
+            ext: VersionResponseExt::None,
+        }))
+        .unwrap();
+    client.handle(Message::AllOffersDelivered).unwrap();
+    client.handle(Message::OfferChannel(offer)).unwrap();
+    assert_eq!(client.channel_count(), 1, "relid {}", s.relid);
+    while client.poll_output().is_some() {}
+    client.set_pipelined_open(pipelined);
+    client
+}
+
+/// Passes messages between `client` and the server until neither has more;
+/// returns the client's events and the guest's disconnection, if any.
+fn drive(
+    h: &mut Harness,
+    guest: ClientId,
+    client: &mut crate::client::GuestClient,
+) -> (Vec<crate::client::Event>, Option<String>) {
+    use crate::client::Output;
+    let (mut events, mut dropped) = (Vec::new(), None);
+    loop {
+        let mut moved = false;
+        while let Some(output) = client.poll_output() {
+            moved = true;
+            match output {
+                Output::Send { message, fds } => {
+                    let fds = fds.iter().map(|f| f.as_fd().try_clone_to_owned().unwrap());
+                    h.vmbus_fds(guest, message, fds.collect());
+                }
+                Output::Event(e) => events.push(e),
+            }
+        }
+        while let Some(action) = h.next() {
+            moved = true;
+            match action {
+                Action::Send {
+                    client: c, bytes, ..
+                } if c == guest => {
+                    if let Ok(Datagram::Vmbus(m)) = Datagram::<ExtEvent>::decode(&bytes) {
+                        client.handle(m).expect("the server keeps the protocol");
+                    }
+                }
+                Action::Disconnect { client: c, reason } if c == guest => dropped = Some(reason),
+                _ => {}
+            }
+        }
+        if !moved {
+            return (events, dropped);
+        }
+    }
+}
+
+#[test]
+fn a_client_that_abandons_an_open_stays_connected_and_frees_the_channel() {
+    // The client closes right after opening, before any answer, on rings
+    // the host refuses (a memfd too small) or accepts; in both orders.
+    for pipelined in [false, true] {
+        for good_rings in [false, true] {
+            let mut h = Harness::new();
+            let s = h.offered_by_host();
+            let offer = OfferChannel::hvsock(
+                s.relid,
+                service(),
+                s.endpoint,
+                &crate::messages::HvsockParams {
+                    is_for_guest_accept: true,
+                    ..Default::default()
+                },
+            );
+            let mut client = real_client(s, offer, pipelined);
+            let mem = memfd(if good_rings { PAGES } else { 4 });
+            let layout = RingLayout {
+                total_pages: PAGES,
+                guest_to_host_pages: SPLIT,
+            };
+            client.open(s.relid, Arc::new(dup(&mem)), layout).unwrap();
+            client.close(s.relid).unwrap();
+            let (events, dropped) = drive(&mut h, s.guest, &mut client);
+            let case = format!("pipelined {pipelined}, good rings {good_rings}");
+            assert_eq!(dropped, None, "{case}");
+            assert!(
+                events
+                    .iter()
+                    .any(|e| matches!(e, crate::client::Event::Released { .. })),
+                "{case}: {events:?}"
+            );
+            assert_eq!(client.channel_count(), 0, "{case}");
+            assert_eq!(h.server.channel_count(), 0, "{case}");
+        }
+    }
+}
+
 #[test]
 fn a_large_gpadl_arrives_in_bodies() {
     let mut h = Harness::new();
