@@ -1107,8 +1107,20 @@ impl Shared {
         match Datagram::<ExtEvent>::decode(bytes) {
             Ok(Datagram::Vmbus(message)) if self.role == Role::Guest => {
                 tracing::debug!(target: "hvsock::wire", "host -> guest  {}", describe(&message));
-                if let Err(e) = state.guest.client.handle(message) {
-                    tracing::warn!("ignoring a message that breaks the VMBus protocol: {e}");
+                let late_answer = matches!(
+                    message,
+                    vmbus::Message::GpadlCreated { .. } | vmbus::Message::OpenChannelResult { .. }
+                );
+                match state.guest.client.handle(message) {
+                    Ok(()) => {}
+                    // An answer the host sent before it saw us give a
+                    // rescinded channel back: nothing broke.
+                    Err(e @ vmbus::client::ClientError::UnknownRelid(_)) if late_answer => {
+                        tracing::debug!("ignoring an answer for a channel already given back: {e}");
+                    }
+                    Err(e) => {
+                        tracing::warn!("ignoring a message that breaks the VMBus protocol: {e}");
+                    }
                 }
                 self.pump(&mut state);
             }

@@ -370,6 +370,9 @@ struct Channel {
     if_instance: Guid,
     state: ChannelState,
     gpadl: Option<RingGpadl>,
+    /// Why the guest's last OPENCHANNEL was refused, for the host process
+    /// if the guest then gives the offer back.
+    open_refused: Option<String>,
 }
 
 /// The emulated host. See the module docs for how to drive it.
@@ -967,6 +970,7 @@ impl Server {
                 if_instance: req.guest_endpoint_id,
                 state: ChannelState::Rescinded,
                 gpadl: None,
+                open_refused: None,
             },
         );
     }
@@ -1256,6 +1260,9 @@ impl Server {
             Ok(ok) => ok,
             Err(why) => {
                 tracing::warn!(client = client.0, relid, "OPENCHANNEL refused: {why}");
+                if let Some(ch) = self.channels.get_mut(&relid) {
+                    ch.open_refused = Some(why);
+                }
                 self.send_message(client, &result(STATUS_UNSUCCESSFUL));
                 return;
             }
@@ -1337,11 +1344,18 @@ impl Server {
         match self.own_channel(client, relid, "RELID_RELEASED") {
             Some(ChannelState::Offered { .. }) => {
                 tracing::info!(relid, "guest released an unopened offer (refused)");
-                self.notify_host_end(
-                    relid,
-                    ConnectFailure::Refused,
-                    "the guest refused the connection (no listener, or its backlog is full)",
-                );
+                let why = match self
+                    .channels
+                    .get(&relid)
+                    .and_then(|c| c.open_refused.as_ref())
+                {
+                    Some(why) => format!("the guest's open of the channel failed: {why}"),
+                    None => {
+                        "the guest refused the connection (no listener, or its backlog is full)"
+                            .to_string()
+                    }
+                };
+                self.notify_host_end(relid, ConnectFailure::Refused, &why);
                 self.free_channel(relid);
             }
             Some(ChannelState::Open { .. }) => {
@@ -1718,6 +1732,7 @@ impl Server {
                 if_instance: Guid::from_vsock_port(host_port),
                 state: ChannelState::Rescinded,
                 gpadl: None,
+                open_refused: None,
             },
         );
     }

@@ -1438,6 +1438,53 @@ fn a_client_that_abandons_an_open_stays_connected_and_frees_the_channel() {
 }
 
 #[test]
+fn a_host_connect_whose_open_failed_is_told_why_when_the_guest_gives_it_back() {
+    let mut h = Harness::new();
+    let s = h.offered_by_host();
+    let _mem = h.with_gpadl(s);
+    // A ring split the server refuses.
+    h.vmbus(s.guest, open_msg(s.relid, gpadl_handle(s.relid), 1));
+    assert!(matches!(
+        h.expect_vmbus(s.guest),
+        Message::OpenChannelResult { status, .. } if status == STATUS_UNSUCCESSFUL
+    ));
+    // The guest tears its GPADL down and refuses the offer.
+    h.vmbus(
+        s.guest,
+        Message::GpadlTeardown {
+            child_relid: s.relid,
+            gpadl: gpadl_handle(s.relid),
+        },
+    );
+    assert_eq!(
+        h.expect_vmbus(s.guest),
+        Message::GpadlTorndown {
+            gpadl: gpadl_handle(s.relid)
+        }
+    );
+    h.vmbus(
+        s.guest,
+        Message::RelidReleased {
+            child_relid: s.relid,
+        },
+    );
+    match h.expect_event(s.host).0 {
+        ExtEvent::HostConnectFailed {
+            request,
+            failure,
+            message,
+        } => {
+            assert_eq!((request, failure), (s.request, ConnectFailure::Refused));
+            assert!(message.contains("open of the channel failed"), "{message}");
+            assert!(message.contains("ring split"), "{message}");
+        }
+        other => panic!("expected HostConnectFailed, got {other:?}"),
+    }
+    h.expect_nothing();
+    assert_eq!(h.server.channel_count(), 0);
+}
+
+#[test]
 fn a_large_gpadl_arrives_in_bodies() {
     let mut h = Harness::new();
     let s = h.offered_by_host();
