@@ -2401,3 +2401,234 @@ proptest! {
         prop_assert!(h.server.links.is_empty());
     }
 }
+
+// ---- a real client against the server, in any interleaving ----
+
+/// What goes wrong with the open in [`interleaving`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trouble {
+    None,
+    /// The memfd is too small for the GPADL: GPADL_CREATED fails.
+    GpadlRefused,
+    /// OPENCHANNEL names a ring split the server refuses.
+    OpenRefused,
+}
+
+/// How the host side withdraws the offer in [`interleaving`], if it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Withdrawal {
+    Never,
+    HostGone,
+    OfferTimeout,
+}
+
+/// A real client opens an offered channel of `pages` pages while messages
+/// in each direction wait in a queue; `picks` chooses, step by step, what
+/// happens next: a message delivered either way, the application's
+/// close(), or the withdrawal. When nothing is left to happen the
+/// application closes (once, or again after a rescind or a failed open).
+/// Whatever the order, the guest must stay connected and its relid must
+/// be given back exactly once, with the channel gone on both sides.
+fn interleaving(
+    pipelined: bool,
+    trouble: Trouble,
+    withdrawal: Withdrawal,
+    from_host: bool,
+    pages: u32,
+    picks: &[u8],
+) -> Result<(), String> {
+    use crate::client::{Event, Output};
+    use std::collections::VecDeque;
+    let mut h = Harness::new();
+    let s = if from_host {
+        h.offered_by_host()
+    } else {
+        h.offered_by_guest()
+    };
+    let offer = OfferChannel::hvsock(
+        s.relid,
+        service(),
+        s.endpoint,
+        &crate::messages::HvsockParams {
+            is_for_guest_accept: from_host,
+            ..Default::default()
+        },
+    );
+    let mut client = real_client(s, offer, pipelined);
+    let mem = memfd(if trouble == Trouble::GpadlRefused {
+        4
+    } else {
+        pages
+    });
+    let layout = RingLayout {
+        total_pages: pages,
+        guest_to_host_pages: SPLIT,
+    };
+    client.open(s.relid, Arc::new(dup(&mem)), layout).unwrap();
+
+    /// Everything in flight and everything seen so far.
+    #[derive(Default)]
+    struct Run {
+        to_server: VecDeque<(Message, Vec<OwnedFd>)>,
+        to_client: VecDeque<Message>,
+        released_events: usize,
+        released_msgs: usize,
+        must_close: bool,
+        dropped: Option<String>,
+        trace: Vec<String>,
+    }
+    let pump = |run: &mut Run, client: &mut crate::client::GuestClient, h: &mut Harness| {
+        while let Some(output) = client.poll_output() {
+            match output {
+                Output::Send { mut message, fds } => {
+                    if let (Trouble::OpenRefused, Message::OpenChannel(open)) =
+                        (trouble, &mut message)
+                    {
+                        open.downstream_ringbuffer_pageoffset = pages;
+                    }
+                    if matches!(message, Message::RelidReleased { .. }) {
+                        run.released_msgs += 1;
+                    }
+                    run.trace
+                        .push(format!("guest sends {}", message.message_type()));
+                    let fds = fds.iter().map(|f| f.as_fd().try_clone_to_owned().unwrap());
+                    run.to_server.push_back((message, fds.collect()));
+                }
+                Output::Event(event) => {
+                    run.trace.push(format!("guest event {event:?}"));
+                    match event {
+                        Event::Released { .. } => run.released_events += 1,
+                        Event::Rescinded { .. } => run.must_close = true,
+                        Event::Opened { status, .. } if status != 0 => run.must_close = true,
+                        _ => {}
+                    }
+                }
+            }
+        }
+        while let Some(action) = h.next() {
+            match action {
+                Action::Send {
+                    client: c, bytes, ..
+                } if c == s.guest => {
+                    if let Ok(Datagram::Vmbus(m)) = Datagram::<ExtEvent>::decode(&bytes) {
+                        run.to_client.push_back(m);
+                    }
+                }
+                Action::Disconnect { client: c, reason } if c == s.guest => {
+                    run.dropped = Some(reason);
+                }
+                _ => {}
+            }
+        }
+    };
+    let mut run = Run::default();
+    let mut closes = 0;
+    let mut withdrawn = withdrawal == Withdrawal::Never;
+    pump(&mut run, &mut client, &mut h);
+    let mut picks = picks.iter().copied().chain(std::iter::repeat(0));
+    for _ in 0..400 {
+        let mut choices = Vec::new();
+        if !run.to_server.is_empty() {
+            choices.push(0);
+        }
+        if !run.to_client.is_empty() {
+            choices.push(1);
+        }
+        if closes < 2 && client.channel_count() > 0 {
+            choices.push(2);
+        }
+        if !withdrawn {
+            choices.push(3);
+        }
+        if choices.is_empty() {
+            let closing =
+                client.channel_count() > 0 && (closes == 0 || run.must_close) && closes < 3;
+            if !closing {
+                break;
+            }
+            run.must_close = false;
+            choices.push(2);
+        }
+        let pick = picks.next().unwrap_or(0);
+        match choices[usize::from(pick) % choices.len()] {
+            0 => {
+                let (message, fds) = run.to_server.pop_front().unwrap();
+                h.vmbus_fds(s.guest, message, fds);
+            }
+            1 => {
+                let message = run.to_client.pop_front().unwrap();
+                run.trace
+                    .push(format!("guest gets {}", message.message_type()));
+                // Answers the host sent before it saw a release name a relid
+                // the client no longer has: errors the caller logs, no more.
+                let _ = client.handle(message);
+            }
+            2 => {
+                closes += 1;
+                run.trace.push("application closes".into());
+                client.close(s.relid).map_err(|e| e.to_string())?;
+            }
+            _ => {
+                withdrawn = true;
+                run.trace.push(format!("withdrawal: {withdrawal:?}"));
+                match withdrawal {
+                    Withdrawal::HostGone => h.gone(s.host),
+                    Withdrawal::OfferTimeout => {
+                        let later = h.now + Duration::from_secs(3600);
+                        h.server.handle_timeout(later);
+                    }
+                    Withdrawal::Never => unreachable!("never offered as a choice"),
+                }
+            }
+        }
+        pump(&mut run, &mut client, &mut h);
+    }
+    let Run {
+        released_events,
+        released_msgs,
+        dropped,
+        trace,
+        ..
+    } = run;
+    let problems: Vec<String> = [
+        dropped.map(|why| format!("the guest was disconnected: {why}")),
+        (released_events != 1).then(|| format!("{released_events} Released events")),
+        (released_msgs != 1).then(|| format!("{released_msgs} RELID_RELEASED sent")),
+        (client.channel_count() != 0).then(|| "the client still holds the channel".into()),
+        (h.server.channel_count() != 0).then(|| "the server still holds the channel".into()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{problems:?}\n{}", trace.join("\n")))
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_real_client_gives_every_channel_back_once_whatever_the_interleaving(
+        pipelined in any::<bool>(),
+        trouble in prop_oneof![
+            Just(Trouble::None),
+            Just(Trouble::GpadlRefused),
+            Just(Trouble::OpenRefused)
+        ],
+        withdrawal in prop_oneof![
+            Just(Withdrawal::Never),
+            Just(Withdrawal::HostGone),
+            Just(Withdrawal::OfferTimeout)
+        ],
+        from_host in any::<bool>(),
+        // 200 pages need GPADL_BODY messages.
+        pages in prop_oneof![Just(PAGES), Just(200u32)],
+        picks in proptest::collection::vec(any::<u8>(), 0..48),
+    ) {
+        let outcome = interleaving(pipelined, trouble, withdrawal, from_host, pages, &picks);
+        prop_assert!(outcome.is_ok(), "{}", outcome.unwrap_err());
+    }
+}
