@@ -2608,7 +2608,7 @@ fn interleaving(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
 
     #[test]
     fn a_real_client_gives_every_channel_back_once_whatever_the_interleaving(
