@@ -593,6 +593,12 @@ impl PreparedRings {
         })
     }
 
+    /// The pages of the two rings: (guest to host, host to guest).
+    pub(crate) fn pages(&self) -> (u32, u32) {
+        let send = self.layout.guest_to_host_pages;
+        (send, self.layout.total_pages - send)
+    }
+
     /// The guest's end of channel `relid`, signalled through `link`.
     pub(crate) fn into_guest_io(
         self,
