@@ -1,16 +1,17 @@
 //! Signals between this process and its peers, VMBus-style: one *link* per
-//! peer process (an eventfd each way and two bitmaps with a bit per relid,
-//! see [`vmbus::ext`]'s "Signals"), however many channels the two share.
+//! peer process (a signal socket each way and two bitmaps with a bit per
+//! relid, see [`vmbus::ext`]'s "Signals"), however many channels the two
+//! share.
 //!
 //! Owns the links of one endpoint, the per-channel [`Signal`]s, and who
-//! waits on the links' eventfds. Knows nothing of rings or streams: a
+//! waits on the links' signal sockets. Knows nothing of rings or streams: a
 //! channel rings its link ([`Link::ring`]) when the ring rules say the peer
 //! must be woken, and waits on its [`Signal`] ([`Doorbell::wait`]).
 //!
-//! The links' eventfds sit in one epoll set, edge-triggered: each write by a
-//! peer is one event, and nobody ever reads an eventfd (one system call per
-//! wake-up, not two). One thread at a time (the *poller*) waits in
-//! `epoll_wait`; it takes the bits of the links that fired, bumps the
+//! The links' receiving sockets sit in one epoll set, edge-triggered: each
+//! send by a peer is one event. One thread at a time (the *poller*) waits in
+//! `epoll_wait`; it drains the sockets of the links that fired (so that
+//! their buffers never fill), takes their bits, bumps the
 //! generation of each channel named, and wakes the threads parked for those
 //! channels. A thread waiting for a channel becomes the
 //! poller when nobody is; when a poller leaves (its own channel fired), it
@@ -24,14 +25,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::task::Waker;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use hvsock_shm::{EventFd, Mapping, SharedMemory};
+use hvsock_shm::{EventFd, Mapping, SharedMemory, SignalReceiver, SignalSender};
 use rustix::event::epoll;
 use vmbus::ext::{GUEST_TO_HOST_FLAGS, HOST_TO_GUEST_FLAGS, LINK_FLAGS_BYTES, MAX_RELID};
 
@@ -52,14 +53,14 @@ pub(crate) struct Link {
     /// Byte offset of the bitmap the peer sets (we take it).
     incoming_bits: usize,
     /// Signalled by the peer; we wait on it.
-    incoming: EventFd,
-    /// We signal it; the peer waits on it.
-    outgoing: EventFd,
+    incoming: SignalReceiver,
+    /// We signal it; the peer waits on its other end.
+    outgoing: SignalSender,
 }
 
 impl Link {
     /// A link whose descriptors came from the host: the flags memfd, the
-    /// eventfd we wait on, the one we signal. Validates all three.
+    /// socket end we wait on, the one we signal. Validates all three.
     pub(crate) fn from_fds(id: u64, side: Side, fds: Vec<OwnedFd>) -> io::Result<Self> {
         let [flags, incoming, outgoing]: [OwnedFd; 3] = fds.try_into().map_err(|fds: Vec<_>| {
             err(
@@ -75,12 +76,18 @@ impl Link {
             id,
             side,
             Mapping::new(&memory).map_err(shm_io)?,
-            EventFd::from_fd(incoming).map_err(shm_io)?,
-            EventFd::from_fd(outgoing).map_err(shm_io)?,
+            SignalReceiver::from_fd(incoming).map_err(shm_io)?,
+            SignalSender::from_fd(outgoing).map_err(shm_io)?,
         ))
     }
 
-    fn new(id: u64, side: Side, flags: Mapping, incoming: EventFd, outgoing: EventFd) -> Self {
+    fn new(
+        id: u64,
+        side: Side,
+        flags: Mapping,
+        incoming: SignalReceiver,
+        outgoing: SignalSender,
+    ) -> Self {
         let (outgoing_bits, incoming_bits) = match side {
             Side::Guest => (GUEST_TO_HOST_FLAGS, HOST_TO_GUEST_FLAGS),
             Side::Host => (HOST_TO_GUEST_FLAGS, GUEST_TO_HOST_FLAGS),
@@ -101,25 +108,21 @@ impl Link {
     #[cfg(test)]
     pub(crate) fn pair(id: u64) -> io::Result<(Self, Self)> {
         let memory = SharedMemory::create("hvsock-link", LINK_FLAGS_BYTES).map_err(shm_io)?;
-        let to_guest = EventFd::new().map_err(shm_io)?;
-        let to_host = EventFd::new().map_err(shm_io)?;
-        let dup = |e: &EventFd| -> io::Result<EventFd> {
-            use std::os::fd::AsFd;
-            EventFd::from_fd(e.as_fd().try_clone_to_owned()?).map_err(shm_io)
-        };
+        let (guest_waits, host_signals) = hvsock_shm::signal_pair().map_err(shm_io)?;
+        let (host_waits, guest_signals) = hvsock_shm::signal_pair().map_err(shm_io)?;
         let guest = Self::new(
             id,
             Side::Guest,
             Mapping::new(&memory).map_err(shm_io)?,
-            dup(&to_guest)?,
-            dup(&to_host)?,
+            guest_waits,
+            guest_signals,
         );
         let host = Self::new(
             id,
             Side::Host,
             Mapping::new(&memory).map_err(shm_io)?,
-            to_host,
-            to_guest,
+            host_waits,
+            host_signals,
         );
         Ok((guest, host))
     }
@@ -129,9 +132,9 @@ impl Link {
         self.id
     }
 
-    /// Wakes the peer for channel `relid`: sets its bit, and writes the
-    /// peer's eventfd only if the bit was clear (a set bit means a signal is
-    /// on its way or not yet taken).
+    /// Wakes the peer for channel `relid`: sets its bit, and sends on the
+    /// peer's signal socket only if the bit was clear (a set bit means a
+    /// signal is on its way or not yet taken). Never blocks.
     pub(crate) fn ring(&self, relid: u32) -> io::Result<()> {
         let word = self.word(self.outgoing_bits, relid / 32)?;
         let bit = 1u32 << (relid % 32);
@@ -257,7 +260,7 @@ struct BellState {
 /// The links of one endpoint and the channels that wait on them.
 #[derive(Debug)]
 pub(crate) struct Doorbell {
-    /// The links' incoming eventfds and the kick, edge-triggered.
+    /// The links' receiving sockets and the kick, edge-triggered.
     epoll: OwnedFd,
     /// Interrupts a poller: a local wake-up, the end.
     kick: EventFd,
@@ -287,9 +290,11 @@ impl Doorbell {
         lock(&self.state)
     }
 
-    /// Edge-triggered: every write to the eventfd is one event, so it is
-    /// never read (its counter only grows; 2^64 - 1 writes are far away).
-    fn watch(epoll: &OwnedFd, event: &EventFd, data: u64) -> io::Result<()> {
+    /// Edge-triggered: every write to an eventfd or send on a socket is one
+    /// event. The kick (ours alone) is never read, its counter only grows
+    /// (2^64 - 1 writes are far away); a link's socket is drained by the
+    /// poller on each of its events, since its buffer is finite.
+    fn watch(epoll: &OwnedFd, event: &impl AsFd, data: u64) -> io::Result<()> {
         epoll::add(
             epoll,
             event,
@@ -479,6 +484,11 @@ impl Doorbell {
                 for event in fired.iter() {
                     let id = event.data.u64();
                     if let Some(entry) = st.links.get(&id) {
+                        // Drained first: a send that finds the buffer full
+                        // is dropped, and its bit is then taken below.
+                        if let Err(e) = entry.link.incoming.drain() {
+                            tracing::debug!(link = id, "cannot drain a signal socket: {e}");
+                        }
                         wake_parked |= Self::take_signals(entry, &mut wakers);
                     }
                 }

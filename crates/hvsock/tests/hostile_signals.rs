@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use hvsock::{Guest, Guid, Host, HvAddr, HvListener, HvStream, VsockAddr, VsockStream};
-use hvsock_shm::{ring_pair, send_with_fds, EventFd, Mapping, SharedMemory, PAGE_SIZE};
+use hvsock_shm::{
+    ring_pair, send_with_fds, signal_pair, EventFd, Mapping, SharedMemory, PAGE_SIZE,
+};
 use rustix::net::sockopt::{set_socket_timeout, Timeout};
 use vmbus::ext::{encode_ext, Datagram, ExtEvent, ExtRequest, RingLayout, LINK_FLAGS_BYTES};
 use vmbus::{GpadlAssembler, Message};
@@ -215,8 +217,14 @@ fn eventfd() -> OwnedFd {
     EventFd::new().unwrap().into_fd()
 }
 
-fn blocking_eventfd() -> OwnedFd {
-    rustix::event::eventfd(0, rustix::event::EventfdFlags::empty()).unwrap()
+/// The end of a new signal line to wait on (nobody will signal it).
+fn wait_end() -> OwnedFd {
+    signal_pair().unwrap().0.into_fd()
+}
+
+/// The end of a new signal line to signal on (nobody waits on it).
+fn signal_end() -> OwnedFd {
+    signal_pair().unwrap().1.into_fd()
 }
 
 #[test]
@@ -233,7 +241,7 @@ fn a_link_with_bad_descriptors_fails_its_channels_only() {
     relid += 1;
     let stream = connecting(&guest, 5000);
     fake_until_open(&conn, relid, 5000);
-    let fds = [good_flags(), eventfd(), eventfd()];
+    let fds = [good_flags(), wait_end(), signal_end()];
     let fds: Vec<&dyn AsFd> = fds.iter().map(|f| f as &dyn AsFd).collect();
     send_event(&conn, &ExtEvent::Link { link: 99 }, &fds);
     send_event(&conn, &ExtEvent::ChannelLink { relid, link: 99 }, &[]);
@@ -243,40 +251,41 @@ fn a_link_with_bad_descriptors_fails_its_channels_only() {
     type Make = fn() -> Vec<OwnedFd>;
     let kinds: [(&str, Make); 10] = [
         ("no descriptors", Vec::new),
-        ("only 2 descriptors", || vec![good_flags(), eventfd()]),
+        ("only 2 descriptors", || vec![good_flags(), wait_end()]),
         ("4 descriptors", || {
-            vec![good_flags(), eventfd(), eventfd(), eventfd()]
+            vec![good_flags(), wait_end(), signal_end(), signal_end()]
         }),
         ("an unsealed flags memfd", || {
             vec![
                 flags_memfd(LINK_FLAGS_BYTES, SealFlags::empty()),
-                eventfd(),
-                eventfd(),
+                wait_end(),
+                signal_end(),
             ]
         }),
         ("a flags memfd too small", || {
             vec![
                 flags_memfd(PAGE_SIZE, SealFlags::SHRINK | SealFlags::GROW),
-                eventfd(),
-                eventfd(),
+                wait_end(),
+                signal_end(),
             ]
         }),
         ("a write-sealed flags memfd", || {
             vec![
                 flags_memfd(LINK_FLAGS_BYTES, SealFlags::SHRINK | SealFlags::WRITE),
-                eventfd(),
-                eventfd(),
+                wait_end(),
+                signal_end(),
             ]
         }),
-        ("an eventfd as the flags", || {
-            vec![eventfd(), eventfd(), eventfd()]
+        ("a socket as the flags", || {
+            vec![wait_end(), wait_end(), signal_end()]
         }),
-        ("a blocking eventfd to wait on", || {
-            vec![good_flags(), blocking_eventfd(), eventfd()]
+        ("an eventfd to wait on (a file the peer shares)", || {
+            vec![good_flags(), eventfd(), signal_end()]
         }),
-        ("a blocking eventfd to signal", || {
-            vec![good_flags(), eventfd(), blocking_eventfd()]
-        }),
+        (
+            "an eventfd to signal (the peer could make it block)",
+            || vec![good_flags(), wait_end(), eventfd()],
+        ),
         ("/dev/zero (always readable) to wait on", || {
             use rustix::fs::{open, Mode, OFlags};
             let zero = open(
@@ -285,7 +294,7 @@ fn a_link_with_bad_descriptors_fails_its_channels_only() {
                 Mode::empty(),
             )
             .unwrap();
-            vec![good_flags(), zero, eventfd()]
+            vec![good_flags(), zero, signal_end()]
         }),
     ];
     for (i, (what, make)) in kinds.iter().enumerate() {
@@ -761,9 +770,14 @@ impl Flood {
                     for _ in 0..16 {
                         link.signal.signal().unwrap();
                     }
-                    // The largest count an eventfd holds; more would block
-                    // (EAGAIN, as it is non-blocking), which must not matter.
-                    let _ = rustix::io::write(&link.signal, &(u64::MAX - 1).to_ne_bytes());
+                    // As much as the socket takes, in one go: the receiver
+                    // drains a bounded amount per wake-up, which must not
+                    // matter.
+                    let _ = rustix::net::send(
+                        &link.signal,
+                        &[7u8; 64 << 10],
+                        rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL,
+                    );
                     rounds.fetch_add(1, Relaxed);
                     std::thread::yield_now();
                 }

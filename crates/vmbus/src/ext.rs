@@ -31,7 +31,7 @@
 //! | message | direction | fds, in order |
 //! |---|---|---|
 //! | GPADL_HEADER | guest → host | the sealed memfd holding the rings; PFN `i` is page `i` of it |
-//! | [`ExtEvent::Link`] | host → guest or host process | the sealed flags memfd ([`LINK_FLAGS_BYTES`]), the eventfd the receiver waits on, the eventfd the receiver signals |
+//! | [`ExtEvent::Link`] | host → guest or host process | the sealed flags memfd ([`LINK_FLAGS_BYTES`]), the signal socket the receiver waits on, the signal socket the receiver signals |
 //! | [`ExtEvent::HostConnected`], [`ExtEvent::HostIncoming`] | host → host process | the memfd holding the rings |
 //!
 //! Every other message carries none; OPENCHANNEL carries none, as on the wire.
@@ -52,12 +52,20 @@
 //! of [`LINK_FLAGS_BYTES`] holding two bitmaps (the guest sets bits in the
 //! one at [`GUEST_TO_HOST_FLAGS`], the host process in the one at
 //! [`HOST_TO_GUEST_FLAGS`]; bit `relid % 32` of the little-endian u32 at
-//! byte `4 * (relid / 32)`), the eventfd the receiver waits on and the one
-//! it signals. To signal channel `relid`, a side sets the bit in the
-//! bitmap it writes and, only if the bit was clear, writes the peer's
-//! eventfd; the receiver reads its eventfd, then takes (swaps to zero) the
-//! words of the relids it serves. A link joins exactly two processes, so a
-//! hostile peer can disturb only the signals of its own channels. Links
+//! byte `4 * (relid / 32)`), the receiving end of the signal socket it waits
+//! on and the sending end of the one it signals. To signal channel `relid`,
+//! a side sets the bit in the bitmap it writes and, only if the bit was
+//! clear, sends one byte on its sending end (`MSG_DONTWAIT`; a full buffer
+//! means the peer has wake-ups pending); the receiver, on each wake-up,
+//! drains its receiving end, then takes (swaps to zero) the words of the
+//! relids it serves. A link joins exactly two processes, so a hostile peer
+//! can disturb only the signals of its own channels.
+//!
+//! Each direction is its own `socketpair(AF_UNIX, SOCK_STREAM)`, and each
+//! side holds one end of each, never the peer's end. An eventfd would not
+//! do: it is one open file shared with the peer, who could make it blocking
+//! (`F_SETFL`) and fill its counter so that the next signal blocked for
+//! ever. Links
 //! last until either process goes away ([`ExtEvent::LinkClosed`] tells the
 //! other). Relids stay at or below [`MAX_RELID`] so that every channel has
 //! a bit.
@@ -392,7 +400,8 @@ pub enum ExtEvent {
         layout: RingLayout,
     },
     /// A new signal link to a peer process; carries the flags memfd, the
-    /// eventfd to wait on and the eventfd to signal (see the module docs).
+    /// signal socket end to wait on and the one to signal (see the module
+    /// docs).
     Link {
         /// The link's id, unique for the host's lifetime.
         link: u64,

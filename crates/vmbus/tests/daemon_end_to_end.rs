@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use hvsock_shm::{recv_with_fds, send_with_fds, EventFd, Mapping, SharedMemory, PAGE_SIZE};
+use hvsock_shm::{
+    recv_with_fds, send_with_fds, EventFd, Mapping, SharedMemory, SignalReceiver, SignalSender,
+    PAGE_SIZE,
+};
 use rustix::net::sockopt::{set_socket_timeout, Timeout};
 use vmbus::daemon::{
     control, vm_socket_path, Daemon, DaemonConfig, DaemonError, EmbeddedHost, ShutdownHandle,
@@ -179,10 +182,10 @@ fn host_connect(host: &OwnedFd, request: u64) {
 struct Link {
     id: u64,
     flags: Mapping,
-    /// The eventfd this process waits on.
-    wait: EventFd,
-    /// The eventfd this process signals.
-    signal: EventFd,
+    /// The socket end this process waits on.
+    wait: SignalReceiver,
+    /// The socket end this process signals on.
+    signal: SignalSender,
 }
 
 /// Checks an [`ExtEvent::Link`] and its three descriptors.
@@ -192,8 +195,8 @@ fn link_from(event: ExtEvent, mut fds: Vec<OwnedFd>) -> Link {
         panic!("expected a Link, got {event:?}")
     };
     assert_eq!(fds.len(), 3, "Link carries [flags, wait, signal]");
-    let signal = EventFd::from_fd(fds.pop().unwrap()).unwrap();
-    let wait = EventFd::from_fd(fds.pop().unwrap()).unwrap();
+    let signal = SignalSender::from_fd(fds.pop().unwrap()).unwrap();
+    let wait = SignalReceiver::from_fd(fds.pop().unwrap()).unwrap();
     // from_fd checks the seals; the bitmaps start clear.
     let flags = SharedMemory::from_fd(fds.pop().unwrap(), LINK_FLAGS_BYTES).unwrap();
     let flags = Mapping::new(&flags).unwrap();
@@ -209,7 +212,7 @@ fn link_from(event: ExtEvent, mut fds: Vec<OwnedFd>) -> Link {
 }
 
 /// The two ends of one link, seen by the guest and by the host process,
-/// share the flags and have their eventfds crossed.
+/// share the flags and have their signal sockets crossed.
 fn check_link_between(guest: &Link, host: &Link) {
     assert_eq!(guest.id, host.id);
     guest
@@ -230,10 +233,10 @@ fn check_link_between(guest: &Link, host: &Link) {
     // What the guest signals, the host waits on, and not the guest itself.
     guest.signal.signal().unwrap();
     assert!(host.wait.wait_timeout(Duration::from_secs(1)).unwrap());
-    assert!(!guest.wait.try_wait().unwrap());
+    assert!(!guest.wait.drain().unwrap());
     host.signal.signal().unwrap();
     assert!(guest.wait.wait_timeout(Duration::from_secs(1)).unwrap());
-    assert!(!host.wait.try_wait().unwrap());
+    assert!(!host.wait.drain().unwrap());
 }
 
 /// What the guest got from opening a channel.

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use hvsock::Guest;
 use hvsock_shm::{
-    recv_with_fds, ring_pair, send_with_fds, EventFd, Mapping, SharedMemory, SharedRingMem,
-    PAGE_SIZE,
+    recv_with_fds, ring_pair, send_with_fds, signal_pair, Mapping, SharedMemory, SharedRingMem,
+    SignalReceiver, SignalSender, PAGE_SIZE,
 };
 use rustix::net::sockopt::{set_socket_timeout, Timeout};
 use vmbus::daemon::{control, vm_socket_path, Daemon, DaemonConfig, ShutdownHandle};
@@ -123,22 +123,23 @@ pub enum LinkSide {
 pub const LINK_WORDS: u32 = (LINK_BITMAP_BYTES / 4) as u32;
 
 /// One end of a signal link (`vmbus::ext`, "Signals"), as a raw client
-/// holds it: the two bitmaps, the eventfd we wait on and the one we signal.
+/// holds it: the two bitmaps, the socket end we wait on and the one we
+/// signal.
 #[derive(Debug)]
 pub struct RawLink {
     pub id: u64,
     pub flags: Mapping,
     /// Signalled by the peer; we wait on it.
-    pub wait: EventFd,
-    /// We signal it; the peer waits on it.
-    pub signal: EventFd,
+    pub wait: SignalReceiver,
+    /// We signal on it; the peer waits on its other end.
+    pub signal: SignalSender,
     pub side: LinkSide,
 }
 
 impl RawLink {
     /// The link of an `ExtEvent::Link` from the daemon. Checks its
     /// descriptors as a correct endpoint must: three of them, a sealed flags
-    /// memfd of `LINK_FLAGS_BYTES`, two non-blocking eventfds.
+    /// memfd of `LINK_FLAGS_BYTES`, two Unix stream socket ends.
     #[track_caller]
     pub fn from_fds(id: u64, side: LinkSide, fds: Vec<OwnedFd>) -> RawLink {
         let n = fds.len();
@@ -149,8 +150,8 @@ impl RawLink {
         RawLink {
             id,
             flags: Mapping::new(&memory).unwrap(),
-            wait: EventFd::from_fd(wait).expect("a non-blocking eventfd to wait on"),
-            signal: EventFd::from_fd(signal).expect("a non-blocking eventfd to signal"),
+            wait: SignalReceiver::from_fd(wait).expect("a socket end to wait on"),
+            signal: SignalSender::from_fd(signal).expect("a socket end to signal on"),
             side,
         }
     }
@@ -160,14 +161,19 @@ impl RawLink {
     /// (flags, the one it waits on, the one it signals).
     pub fn make(id: u64, side: LinkSide) -> (RawLink, Vec<OwnedFd>) {
         let memory = SharedMemory::create("raw-link", LINK_FLAGS_BYTES).unwrap();
-        let (ours, theirs) = (EventFd::new().unwrap(), EventFd::new().unwrap());
+        let (we_wait, they_signal) = signal_pair().unwrap();
+        let (they_wait, we_signal) = signal_pair().unwrap();
         let dup = |fd: BorrowedFd<'_>| fd.try_clone_to_owned().unwrap();
-        let peer = vec![dup(memory.as_fd()), dup(theirs.as_fd()), dup(ours.as_fd())];
+        let peer = vec![
+            dup(memory.as_fd()),
+            they_wait.into_fd(),
+            they_signal.into_fd(),
+        ];
         let link = RawLink {
             id,
             flags: Mapping::new(&memory).unwrap(),
-            wait: ours,
-            signal: theirs,
+            wait: we_wait,
+            signal: we_signal,
             side,
         };
         (link, peer)
@@ -204,7 +210,7 @@ impl RawLink {
     }
 
     /// Wakes the peer for channel `relid` as the protocol says: sets its
-    /// bit, and writes the peer's eventfd only if the bit was clear.
+    /// bit, and sends on the peer's socket only if the bit was clear.
     pub fn ring(&self, relid: u32) {
         let bit = 1u32 << (relid % 32);
         if self.outgoing_word(relid / 32).fetch_or(bit, SeqCst) & bit == 0 {

@@ -20,7 +20,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use hvsock_shm::{EventFd, SharedMemory};
+use hvsock_shm::{signal_pair, EventFd, SharedMemory};
 use rustix::event::epoll;
 use rustix::event::Timespec;
 use rustix::io::Errno;
@@ -521,11 +521,18 @@ impl Core {
     fn create_link(&mut self, link: u64, guest: ClientId, host: ClientId) {
         let made = (|| -> Result<_, hvsock_shm::Error> {
             let flags = SharedMemory::create("hvsock-link", LINK_FLAGS_BYTES)?.into_fd();
-            let guest_waits = EventFd::new()?.into_fd();
-            let host_waits = EventFd::new()?.into_fd();
-            Ok((Arc::new(flags), Arc::new(guest_waits), Arc::new(host_waits)))
+            let (guest_waits, host_signals) = signal_pair()?;
+            let (host_waits, guest_signals) = signal_pair()?;
+            Ok([
+                flags,
+                guest_waits.into_fd(),
+                guest_signals.into_fd(),
+                host_waits.into_fd(),
+                host_signals.into_fd(),
+            ]
+            .map(Arc::new))
         })();
-        let (flags, guest_waits, host_waits) = match made {
+        let [flags, guest_waits, guest_signals, host_waits, host_signals] = match made {
             Ok(fds) => fds,
             Err(e) => {
                 // The endpoints fail the channels that name this link, since
@@ -540,13 +547,14 @@ impl Core {
             }
         };
         let bytes = encode_ext(&ExtEvent::Link { link });
-        // Each side gets [flags, the one it waits on, the one it signals].
+        // Each side gets [flags, the end it waits on, the end it signals]:
+        // two socket pairs, so that neither holds the other's ends.
         self.queue(
             guest.0,
             bytes.clone(),
-            vec![flags.clone(), guest_waits.clone(), host_waits.clone()],
+            vec![flags.clone(), guest_waits, guest_signals],
         );
-        self.queue(host.0, bytes, vec![flags, host_waits, guest_waits]);
+        self.queue(host.0, bytes, vec![flags, host_waits, host_signals]);
     }
 
     fn queue(&mut self, token: u64, bytes: Vec<u8>, fds: Vec<Arc<OwnedFd>>) {
