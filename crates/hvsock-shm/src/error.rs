@@ -100,9 +100,9 @@ pub enum Error {
     #[error("refused an eventfd in blocking mode; create it with EventFd::new, which makes it non-blocking, so that try_wait can never block")]
     EventFdBlocking,
 
-    /// A signal link's descriptors are not the pipe ends they should be.
-    #[error("refused signal link descriptors that are not the right pipe ends (a read end to wait on; a write end and a read end of the same pipe to signal on); the host must make each direction of a link with hvsock_shm::signal_pair")]
-    NotASignalPipe,
+    /// A signal link's descriptor is not a Unix stream socket.
+    #[error("refused a signal link descriptor that is not a Unix stream socket; the host must make each direction of a link with socketpair(AF_UNIX, SOCK_STREAM)")]
+    NotASignalSocket,
 
     /// Reading an eventfd returned something other than its 8-byte counter.
     #[error("reading the eventfd returned {got} bytes instead of 8; the peer sent something that is not an eventfd")]

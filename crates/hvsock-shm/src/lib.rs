@@ -3,7 +3,7 @@
 //! Owns sealed memfds ([`SharedMemory`]), their mappings ([`Mapping`]),
 //! atomic views of shared memory, the [`vmbus_ring::RingMem`] implementation
 //! for a ring inside a mapping ([`SharedRingMem`], [`ring_pair`]), eventfds
-//! ([`EventFd`]), signal pipes ([`signal_pair`]) and fd passing over Unix sockets ([`send_with_fds`],
+//! ([`EventFd`]), signal sockets ([`signal_pair`]) and fd passing over Unix sockets ([`send_with_fds`],
 //! [`recv_with_fds`]). Knows nothing of the protocol: which rings exist, what
 //! their bytes mean and when to signal are decided by the callers.
 //!
@@ -22,7 +22,7 @@ mod fdpass;
 mod mapping;
 mod memfd;
 mod ring_mem;
-mod signal_line;
+mod signal_socket;
 
 pub use error::Error;
 pub use eventfd::EventFd;
@@ -30,7 +30,7 @@ pub use fdpass::{recv_message, recv_with_fds, send_with_fds, Received, MAX_FDS_P
 pub use mapping::Mapping;
 pub use memfd::SharedMemory;
 pub use ring_mem::{ring_pair, RingPair, SharedRingMem};
-pub use signal_line::{signal_pair, SignalReceiver, SignalSender};
+pub use signal_socket::{signal_pair, SignalReceiver, SignalSender};
 
 /// The page size all shared-memory sizes and ring offsets are multiples of.
 ///

@@ -1,16 +1,17 @@
 //! Signals between this process and its peers, VMBus-style: one *link* per
-//! peer process (a pipe each way and two bitmaps with a bit per relid, see
-//! [`vmbus::ext`]'s "Signals"), however many channels the two share.
+//! peer process (a signal socket each way and two bitmaps with a bit per
+//! relid, see [`vmbus::ext`]'s "Signals"), however many channels the two
+//! share.
 //!
 //! Owns the links of one endpoint, the per-channel [`Signal`]s, and who
-//! waits on the links' pipes. Knows nothing of rings or streams: a
+//! waits on the links' signal sockets. Knows nothing of rings or streams: a
 //! channel rings its link ([`Link::ring`]) when the ring rules say the peer
 //! must be woken, and waits on its [`Signal`] ([`Doorbell::wait`]).
 //!
-//! The links' pipes sit in one epoll set, edge-triggered: each write by a
-//! peer is one event. One thread at a time (the *poller*) waits in
-//! `epoll_wait`; it drains the pipes of the links that fired (a pipe is
-//! finite), takes their bits, bumps the
+//! The links' receiving sockets sit in one epoll set, edge-triggered: each
+//! send by a peer is one event. One thread at a time (the *poller*) waits in
+//! `epoll_wait`; it drains the sockets of the links that fired (so that
+//! their buffers never fill), takes their bits, bumps the
 //! generation of each channel named, and wakes the threads parked for those
 //! channels. A thread waiting for a channel becomes the
 //! poller when nobody is; when a poller leaves (its own channel fired), it
@@ -59,26 +60,24 @@ pub(crate) struct Link {
 
 impl Link {
     /// A link whose descriptors came from the host: the flags memfd, the
-    /// pipe end we wait on, the one we signal on and its pin. Validates all
-    /// four.
+    /// socket end we wait on, the one we signal. Validates all three.
     pub(crate) fn from_fds(id: u64, side: Side, fds: Vec<OwnedFd>) -> io::Result<Self> {
-        let [flags, incoming, outgoing, pin]: [OwnedFd; 4] =
-            fds.try_into().map_err(|fds: Vec<_>| {
-                err(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "the host sent {} file descriptors for signal link {id}, not 4",
-                        fds.len()
-                    ),
-                )
-            })?;
+        let [flags, incoming, outgoing]: [OwnedFd; 3] = fds.try_into().map_err(|fds: Vec<_>| {
+            err(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the host sent {} file descriptors for signal link {id}, not 3",
+                    fds.len()
+                ),
+            )
+        })?;
         let memory = SharedMemory::from_fd(flags, LINK_FLAGS_BYTES).map_err(shm_io)?;
         Ok(Self::new(
             id,
             side,
             Mapping::new(&memory).map_err(shm_io)?,
             SignalReceiver::from_fd(incoming).map_err(shm_io)?,
-            SignalSender::from_fds(outgoing, pin).map_err(shm_io)?,
+            SignalSender::from_fd(outgoing).map_err(shm_io)?,
         ))
     }
 
@@ -133,9 +132,9 @@ impl Link {
         self.id
     }
 
-    /// Wakes the peer for channel `relid`: sets its bit, and writes the
-    /// peer's pipe only if the bit was clear (a set bit means a signal is on
-    /// its way or not yet taken). Never blocks.
+    /// Wakes the peer for channel `relid`: sets its bit, and sends on the
+    /// peer's signal socket only if the bit was clear (a set bit means a
+    /// signal is on its way or not yet taken). Never blocks.
     pub(crate) fn ring(&self, relid: u32) -> io::Result<()> {
         let word = self.word(self.outgoing_bits, relid / 32)?;
         let bit = 1u32 << (relid % 32);
@@ -261,7 +260,7 @@ struct BellState {
 /// The links of one endpoint and the channels that wait on them.
 #[derive(Debug)]
 pub(crate) struct Doorbell {
-    /// The links' pipes and the kick, edge-triggered.
+    /// The links' receiving sockets and the kick, edge-triggered.
     epoll: OwnedFd,
     /// Interrupts a poller: a local wake-up, the end.
     kick: EventFd,
@@ -291,10 +290,10 @@ impl Doorbell {
         lock(&self.state)
     }
 
-    /// Edge-triggered: every write to an eventfd or a polled pipe is one
+    /// Edge-triggered: every write to an eventfd or send on a socket is one
     /// event. The kick (ours alone) is never read, its counter only grows
-    /// (2^64 - 1 writes are far away); a link's pipe is drained by the
-    /// poller on each of its events, since it is finite.
+    /// (2^64 - 1 writes are far away); a link's socket is drained by the
+    /// poller on each of its events, since its buffer is finite.
     fn watch(epoll: &OwnedFd, event: &impl AsFd, data: u64) -> io::Result<()> {
         epoll::add(
             epoll,
@@ -484,16 +483,11 @@ impl Doorbell {
             if let Ok(fired) = &polled {
                 for event in fired.iter() {
                     let id = event.data.u64();
-                    if let Some(entry) = st.links.get_mut(&id) {
-                        // On every event, before the take. A full pipe drops
-                        // writes without a wake-up, so it must never stay
-                        // full: a drain empties it (a write that succeeds is
-                        // an event, so a pipe found full has an event on its
-                        // way), and a write dropped meanwhile left its bit
-                        // set, which the take then sees. A drain is one read
-                        // (about 0.4 us here), on a wake-up of tens of us.
+                    if let Some(entry) = st.links.get(&id) {
+                        // Drained first: a send that finds the buffer full
+                        // is dropped, and its bit is then taken below.
                         if let Err(e) = entry.link.incoming.drain() {
-                            tracing::debug!(link = id, "cannot drain a signal pipe: {e}");
+                            tracing::debug!(link = id, "cannot drain a signal socket: {e}");
                         }
                         wake_parked |= Self::take_signals(entry, &mut wakers);
                     }

@@ -37,10 +37,6 @@ use crate::wait::Waiter;
 /// tearing the channel down itself (the seed's delayed close).
 pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(8);
 
-/// The most descriptors one message from the host carries: a signal link's
-/// four (flags, the pipe end to wait on, the one to signal on, its pin).
-const MAX_FDS_FROM_HOST: usize = 4;
-
 /// How long bring-up (version negotiation) may take.
 const CONTACT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -1082,7 +1078,7 @@ impl Shared {
                 return;
             }
             if !fds[0].revents().is_empty() {
-                match hvsock_shm::recv_message(&self.sock, &mut buf, MAX_FDS_FROM_HOST) {
+                match hvsock_shm::recv_message(&self.sock, &mut buf, 4) {
                     Ok(received) if received.len == 0 => {
                         let mut state = self.lock();
                         let reason = lost(&state, "the hvsock host closed the connection".into());

@@ -62,7 +62,7 @@ fn still_open(fd: &OwnedFd) -> bool {
     set_socket_timeout(fd, Timeout::Recv, Some(Duration::from_millis(1))).unwrap();
     let mut buf = vec![0u8; vmbus::ext::MAX_DATAGRAM];
     loop {
-        match recv_with_fds(fd, &mut buf, 4) {
+        match recv_with_fds(fd, &mut buf, 3) {
             Ok((0, _)) => return false,
             Ok(_) => continue,
             Err(_) => return true,

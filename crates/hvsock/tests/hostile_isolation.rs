@@ -27,7 +27,7 @@ enum Next {
 fn next_within(fd: &std::os::fd::OwnedFd, within: Duration) -> Next {
     set_socket_timeout(fd, Timeout::Recv, Some(within)).unwrap();
     let mut buf = vec![0u8; vmbus::ext::MAX_DATAGRAM];
-    let next = match hvsock_shm::recv_with_fds(fd, &mut buf, 4) {
+    let next = match hvsock_shm::recv_with_fds(fd, &mut buf, 3) {
         Ok((0, _)) => Next::Closed,
         Ok((n, _)) => Next::Got(Datagram::decode(&buf[..n]).unwrap()),
         Err(_) => Next::Quiet,
@@ -310,7 +310,7 @@ fn uid_probe() {
             let _ =
                 hvsock_shm::send_with_fds(&fd, &vmbus::ext::encode_ext(&ExtRequest::VmList), &[]);
             let mut buf = vec![0u8; vmbus::ext::MAX_DATAGRAM];
-            match hvsock_shm::recv_with_fds(&fd, &mut buf, 4) {
+            match hvsock_shm::recv_with_fds(&fd, &mut buf, 3) {
                 Ok((0, _)) => "closed".to_string(),
                 Ok((n, _)) => format!("answered {:?}", String::from_utf8_lossy(&buf[..n])),
                 Err(e) => format!("error {e}"),

@@ -31,7 +31,7 @@
 //! | message | direction | fds, in order |
 //! |---|---|---|
 //! | GPADL_HEADER | guest → host | the sealed memfd holding the rings; PFN `i` is page `i` of it |
-//! | [`ExtEvent::Link`] | host → guest or host process | the sealed flags memfd ([`LINK_FLAGS_BYTES`]), the read end of the pipe the receiver waits on, the write end of the pipe it signals on, a read end of that same pipe (the pin) |
+//! | [`ExtEvent::Link`] | host → guest or host process | the sealed flags memfd ([`LINK_FLAGS_BYTES`]), the signal socket the receiver waits on, the signal socket the receiver signals |
 //! | [`ExtEvent::HostConnected`], [`ExtEvent::HostIncoming`] | host → host process | the memfd holding the rings |
 //!
 //! Every other message carries none; OPENCHANNEL carries none, as on the wire.
@@ -48,27 +48,24 @@
 //! channels. Here the same holds per *link*: the pair of processes (a guest
 //! process and a host process) that share at least one open channel. The
 //! host creates a link when the first channel between the two opens and
-//! sends each side [`ExtEvent::Link`] with four descriptors: a sealed memfd
+//! sends each side [`ExtEvent::Link`] with three descriptors: a sealed memfd
 //! of [`LINK_FLAGS_BYTES`] holding two bitmaps (the guest sets bits in the
 //! one at [`GUEST_TO_HOST_FLAGS`], the host process in the one at
 //! [`HOST_TO_GUEST_FLAGS`]; bit `relid % 32` of the little-endian u32 at
-//! byte `4 * (relid / 32)`), the read end of the pipe it waits on, the
-//! write end of the pipe it signals on, and a read end of that second pipe
-//! opened as a separate file (the *pin*, never read: a write then never
-//! finds the pipe without readers, which would raise `SIGPIPE`). To signal
-//! channel `relid`, a side sets the bit in the bitmap it writes and, only if
-//! the bit was clear, writes one byte to its write end (non-blocking; a full
-//! pipe means the peer has wake-ups pending); the receiver takes the bytes
-//! (often enough that its pipe never fills, and before it looks at the
-//! bits), then takes (swaps to zero) the words of the relids it serves. A
-//! link joins exactly two processes, so a hostile peer can disturb only the
-//! signals of its own channels.
+//! byte `4 * (relid / 32)`), the receiving end of the signal socket it waits
+//! on and the sending end of the one it signals. To signal channel `relid`,
+//! a side sets the bit in the bitmap it writes and, only if the bit was
+//! clear, sends one byte on its sending end (`MSG_DONTWAIT`; a full buffer
+//! means the peer has wake-ups pending); the receiver, on each wake-up,
+//! drains its receiving end, then takes (swaps to zero) the words of the
+//! relids it serves. A link joins exactly two processes, so a hostile peer
+//! can disturb only the signals of its own channels.
 //!
-//! Each side holds only its own pipe ends, never an open file the peer also
-//! holds (but for the pin, where `/proc/self/fd` cannot reopen it; reads are
-//! `RWF_NOWAIT` for that case). An eventfd would not do: it is one open file
-//! shared with the peer, who could make it blocking (`F_SETFL`) and fill its
-//! counter so that the next signal blocked for ever. Links
+//! Each direction is its own `socketpair(AF_UNIX, SOCK_STREAM)`, and each
+//! side holds one end of each, never the peer's end. An eventfd would not
+//! do: it is one open file shared with the peer, who could make it blocking
+//! (`F_SETFL`) and fill its counter so that the next signal blocked for
+//! ever. Links
 //! last until either process goes away ([`ExtEvent::LinkClosed`] tells the
 //! other). Relids stay at or below [`MAX_RELID`] so that every channel has
 //! a bit.
@@ -403,8 +400,8 @@ pub enum ExtEvent {
         layout: RingLayout,
     },
     /// A new signal link to a peer process; carries the flags memfd, the
-    /// pipe end to wait on, the pipe end to signal on and its pin (see the
-    /// module docs).
+    /// signal socket end to wait on and the one to signal (see the module
+    /// docs).
     Link {
         /// The link's id, unique for the host's lifetime.
         link: u64,

@@ -103,7 +103,7 @@ fn send_ext(fd: &OwnedFd, request: &ExtRequest) {
 #[track_caller]
 fn recv(fd: &OwnedFd) -> (Datagram<ExtEvent>, Vec<OwnedFd>) {
     let mut buf = vec![0u8; vmbus::ext::MAX_DATAGRAM];
-    let (n, fds) = recv_with_fds(fd, &mut buf, 4).expect("a datagram");
+    let (n, fds) = recv_with_fds(fd, &mut buf, 3).expect("a datagram");
     assert!(n > 0, "the daemon closed the connection");
     (Datagram::decode(&buf[..n]).unwrap(), fds)
 }
@@ -130,7 +130,7 @@ fn closed_within(fd: &OwnedFd, within: Duration) -> bool {
     let mut buf = [0u8; 512];
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
-        match recv_with_fds(fd, &mut buf, 4) {
+        match recv_with_fds(fd, &mut buf, 3) {
             Ok((0, _)) => return true,
             Ok(_) => continue,
             Err(_) => return false,
@@ -182,9 +182,9 @@ fn host_connect(host: &OwnedFd, request: u64) {
 struct Link {
     id: u64,
     flags: Mapping,
-    /// The pipe end this process waits on.
+    /// The socket end this process waits on.
     wait: SignalReceiver,
-    /// The pipe end this process signals on (with its pin).
+    /// The socket end this process signals on.
     signal: SignalSender,
 }
 
@@ -194,9 +194,8 @@ fn link_from(event: ExtEvent, mut fds: Vec<OwnedFd>) -> Link {
     let ExtEvent::Link { link } = event else {
         panic!("expected a Link, got {event:?}")
     };
-    assert_eq!(fds.len(), 4, "Link carries [flags, wait, signal, pin]");
-    let pin = fds.pop().unwrap();
-    let signal = SignalSender::from_fds(fds.pop().unwrap(), pin).unwrap();
+    assert_eq!(fds.len(), 3, "Link carries [flags, wait, signal]");
+    let signal = SignalSender::from_fd(fds.pop().unwrap()).unwrap();
     let wait = SignalReceiver::from_fd(fds.pop().unwrap()).unwrap();
     // from_fd checks the seals; the bitmaps start clear.
     let flags = SharedMemory::from_fd(fds.pop().unwrap(), LINK_FLAGS_BYTES).unwrap();
@@ -213,7 +212,7 @@ fn link_from(event: ExtEvent, mut fds: Vec<OwnedFd>) -> Link {
 }
 
 /// The two ends of one link, seen by the guest and by the host process,
-/// share the flags and have their signal pipes crossed.
+/// share the flags and have their signal sockets crossed.
 fn check_link_between(guest: &Link, host: &Link) {
     assert_eq!(guest.id, host.id);
     guest

@@ -123,15 +123,15 @@ pub enum LinkSide {
 pub const LINK_WORDS: u32 = (LINK_BITMAP_BYTES / 4) as u32;
 
 /// One end of a signal link (`vmbus::ext`, "Signals"), as a raw client
-/// holds it: the two bitmaps, the pipe end we wait on and the one we
-/// signal on (with its pin).
+/// holds it: the two bitmaps, the socket end we wait on and the one we
+/// signal.
 #[derive(Debug)]
 pub struct RawLink {
     pub id: u64,
     pub flags: Mapping,
     /// Signalled by the peer; we wait on it.
     pub wait: SignalReceiver,
-    /// We signal on it; the peer waits on the pipe's read end.
+    /// We signal on it; the peer waits on its other end.
     pub signal: SignalSender,
     pub side: LinkSide,
 }
@@ -139,20 +139,19 @@ pub struct RawLink {
 impl RawLink {
     /// The link of an `ExtEvent::Link` from the daemon. Checks its
     /// descriptors as a correct endpoint must: three of them, a sealed flags
-    /// memfd of `LINK_FLAGS_BYTES`, a pipe's read end, another pipe's write
-    /// end and a read end of that pipe.
+    /// memfd of `LINK_FLAGS_BYTES`, two Unix stream socket ends.
     #[track_caller]
     pub fn from_fds(id: u64, side: LinkSide, fds: Vec<OwnedFd>) -> RawLink {
         let n = fds.len();
-        let Ok([flags, wait, signal, pin]) = <[OwnedFd; 4]>::try_from(fds) else {
-            panic!("link {id} came with {n} descriptors, not 4")
+        let Ok([flags, wait, signal]) = <[OwnedFd; 3]>::try_from(fds) else {
+            panic!("link {id} came with {n} descriptors, not 3")
         };
         let memory = SharedMemory::from_fd(flags, LINK_FLAGS_BYTES).expect("a sealed flags memfd");
         RawLink {
             id,
             flags: Mapping::new(&memory).unwrap(),
-            wait: SignalReceiver::from_fd(wait).expect("a pipe end to wait on"),
-            signal: SignalSender::from_fds(signal, pin).expect("a pipe end to signal on"),
+            wait: SignalReceiver::from_fd(wait).expect("a socket end to wait on"),
+            signal: SignalSender::from_fd(signal).expect("a socket end to signal on"),
             side,
         }
     }
@@ -165,12 +164,10 @@ impl RawLink {
         let (we_wait, they_signal) = signal_pair().unwrap();
         let (they_wait, we_signal) = signal_pair().unwrap();
         let dup = |fd: BorrowedFd<'_>| fd.try_clone_to_owned().unwrap();
-        let [they_write, their_pin] = they_signal.into_fds();
         let peer = vec![
             dup(memory.as_fd()),
             they_wait.into_fd(),
-            they_write,
-            their_pin,
+            they_signal.into_fd(),
         ];
         let link = RawLink {
             id,
@@ -213,7 +210,7 @@ impl RawLink {
     }
 
     /// Wakes the peer for channel `relid` as the protocol says: sets its
-    /// bit, and writes the peer's pipe only if the bit was clear.
+    /// bit, and sends on the peer's socket only if the bit was clear.
     pub fn ring(&self, relid: u32) {
         let bit = 1u32 << (relid % 32);
         if self.outgoing_word(relid / 32).fetch_or(bit, SeqCst) & bit == 0 {

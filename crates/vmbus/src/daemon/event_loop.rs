@@ -523,48 +523,38 @@ impl Core {
             let flags = SharedMemory::create("hvsock-link", LINK_FLAGS_BYTES)?.into_fd();
             let (guest_waits, host_signals) = signal_pair()?;
             let (host_waits, guest_signals) = signal_pair()?;
-            let [guest_writes, guest_pin] = guest_signals.into_fds();
-            let [host_writes, host_pin] = host_signals.into_fds();
             Ok([
                 flags,
                 guest_waits.into_fd(),
-                guest_writes,
-                guest_pin,
+                guest_signals.into_fd(),
                 host_waits.into_fd(),
-                host_writes,
-                host_pin,
+                host_signals.into_fd(),
             ]
             .map(Arc::new))
         })();
-        let [flags, guest_waits, guest_writes, guest_pin, host_waits, host_writes, host_pin] =
-            match made {
-                Ok(fds) => fds,
-                Err(e) => {
-                    // The endpoints fail the channels that name this link, since
-                    // they never learn it; the daemon and its other clients go on.
-                    tracing::warn!(
-                        link,
-                        guest = guest.0,
-                        host = host.0,
-                        "cannot create a signal link, its channels will fail: {e}"
-                    );
-                    return;
-                }
-            };
+        let [flags, guest_waits, guest_signals, host_waits, host_signals] = match made {
+            Ok(fds) => fds,
+            Err(e) => {
+                // The endpoints fail the channels that name this link, since
+                // they never learn it; the daemon and its other clients go on.
+                tracing::warn!(
+                    link,
+                    guest = guest.0,
+                    host = host.0,
+                    "cannot create a signal link, its channels will fail: {e}"
+                );
+                return;
+            }
+        };
         let bytes = encode_ext(&ExtEvent::Link { link });
-        // Each side gets [flags, the read end it waits on, the write end it
-        // signals on, that pipe's pin]: two pipes, and neither side holds
-        // the other's ends (the pins are open files of their own).
+        // Each side gets [flags, the end it waits on, the end it signals]:
+        // two socket pairs, so that neither holds the other's ends.
         self.queue(
             guest.0,
             bytes.clone(),
-            vec![flags.clone(), guest_waits, guest_writes, guest_pin],
+            vec![flags.clone(), guest_waits, guest_signals],
         );
-        self.queue(
-            host.0,
-            bytes,
-            vec![flags, host_waits, host_writes, host_pin],
-        );
+        self.queue(host.0, bytes, vec![flags, host_waits, host_signals]);
     }
 
     fn queue(&mut self, token: u64, bytes: Vec<u8>, fds: Vec<Arc<OwnedFd>>) {
