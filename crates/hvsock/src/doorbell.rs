@@ -66,7 +66,8 @@ impl Link {
             err(
                 io::ErrorKind::InvalidData,
                 format!(
-                    "the host sent {} file descriptors for signal link {id}, not 3",
+                    "the host sent {} file descriptors for signal link {id}, not 3 \
+                     (is the host daemon from another version of hvsock?)",
                     fds.len()
                 ),
             )

@@ -191,8 +191,10 @@ struct GuestState {
     /// anyone: creating and mapping it (25-40 us) is then done while the
     /// host answers an open, not while an offer waits.
     spare_rings: Option<PreparedRings>,
-    /// The geometry of the last rings taken, to make the next spare in.
+    /// The geometry to make the next spare in, if one is wanted.
     spare_wanted: Option<(u32, u32)>,
+    /// The geometry of the last rings taken.
+    last_rings: Option<(u32, u32)>,
 }
 
 impl Default for GuestState {
@@ -208,6 +210,7 @@ impl Default for GuestState {
             ports: EphemeralPorts::new_random(),
             spare_rings: None,
             spare_wanted: None,
+            last_rings: None,
         }
     }
 }
@@ -806,7 +809,14 @@ impl Shared {
             Some(spare) if spare.pages() == (send, recv) => Ok(spare),
             _ => PreparedRings::create(send, recv),
         };
-        state.guest.spare_wanted = Some((send, recv));
+        // A spare only once two offers in a row asked for the same rings: a
+        // process whose connects and accepts use different sizes would
+        // otherwise make (and throw away) one per offer, for nothing.
+        let geometry = Some((send, recv));
+        if state.guest.last_rings == geometry {
+            state.guest.spare_wanted = geometry;
+        }
+        state.guest.last_rings = geometry;
         match rings {
             Ok(rings) => {
                 let opened = state
@@ -1048,6 +1058,10 @@ impl Shared {
             listener.close(&reason);
         }
         state.dead = Some(reason);
+        // Nothing will open again: give the spare's memory back now, not
+        // when the last handle on this endpoint goes.
+        state.guest.spare_rings = None;
+        state.guest.spare_wanted = None;
         self.changed.notify_all();
     }
 

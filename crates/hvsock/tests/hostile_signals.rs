@@ -2,14 +2,15 @@
 //! processes").
 //!
 //! - A fake host hands a real guest endpoint a link with bad descriptors
-//!   (too few, an unsealed or too small flags memfd, blocking eventfds, an
-//!   eventfd as the flags) and opens a channel on it: that connect fails
+//!   (too few, an unsealed or too small flags memfd, eventfds or /dev/zero
+//!   where socket ends belong, a socket as the flags) and opens a channel
+//!   on it: that connect fails
 //!   with an error that names the link, the channel is given back, and the
 //!   next connection, on a good link, moves data.
 //! - A peer names a link it never sent (ChannelLink, HostIncoming,
 //!   HostConnected) or one it closed: that connection fails cleanly and is
 //!   handed back; the endpoint goes on.
-//! - A raw peer floods its link (eventfd written nonstop, every bit of the
+//! - A raw peer floods its link (its socket filled nonstop, every bit of the
 //!   bitmap it writes set, relids it does not own included) while a real
 //!   endpoint streams with it on two channels: checksums match both ways,
 //!   and once the flood stops nothing keeps the endpoint awake.
@@ -744,7 +745,7 @@ fn real_transfer<S: RealStream>(s: S, seed: u64, len: usize) -> JoinHandle<(u64,
 
 /// A flood of a link from its raw end, on a thread, until dropped: every
 /// bit of the bitmap we write set (every relid's, not only ours), the
-/// peer's eventfd written nonstop (at its maximum count too), and, if
+/// peer's socket written nonstop (filled in one send too), and, if
 /// `steal`, the bitmap the peer writes cleared.
 struct Flood {
     stop: Arc<AtomicBool>,
@@ -1041,7 +1042,7 @@ fn a_hostile_guest_of_one_vm_cannot_disturb_signals_of_another() {
     rings_a.link.outgoing_word(LINK_WORDS - 1).store(0, SeqCst);
 
     // A floods its link: every bit it may set (B's relids among them), the
-    // host's eventfd nonstop, and it clears the bits the host sets for it.
+    // host's socket nonstop, and it clears the bits the host sets for it.
     let flood = Flood::start(rings_a.link.clone(), true);
     // Meanwhile B's real stream moves 2 MiB each way, checked, and B's raw
     // stream exchanges messages with the host process.

@@ -788,3 +788,38 @@ fn many_cycles_neither_fail_nor_grow_descriptors() {
     let mut pair = ends.connect(Direction::HostConnects, (6, 6));
     fresh_exchange(&mut pair, 8 * 1024, 9001, "after the cycles, host connects");
 }
+
+/// Ring mappings of this process (guest-made rings carry this memfd name,
+/// in both ends' mappings).
+fn ring_mappings() -> usize {
+    maps_matching("memfd:hvsock-rings")
+}
+
+#[test]
+fn a_spare_is_made_only_for_a_repeated_geometry_and_let_go_when_the_host_goes() {
+    let _serial = serial();
+    let daemon = ChildDaemon::start();
+    let mut ends = Endpoints::new(&daemon, 7700);
+    // Connects in alternating geometries: no spare would ever match, so
+    // none is made (each would be made and thrown away, for nothing).
+    for i in 0..6 {
+        let pages = if i % 2 == 0 { (6, 6) } else { (8, 16) };
+        let mut pair = ends.connect(Direction::GuestConnects, pages);
+        fresh_exchange(&mut pair, 4096, 7000 + i, &format!("alternating {i}"));
+    }
+    let rings = settle(ring_mappings, |n| n == 0);
+    assert_eq!(rings, 0, "rings mapped with every connection closed");
+    // Two in a row in one geometry: the next one's rings are made ahead.
+    for i in 0..2 {
+        let mut pair = ends.connect(Direction::GuestConnects, (6, 6));
+        fresh_exchange(&mut pair, 4096, 7100 + i, &format!("repeated {i}"));
+    }
+    let rings = settle(ring_mappings, |n| n == 1);
+    assert_eq!(rings, 1, "the spare for the next connection");
+    // The host goes away: the guest endpoint is dead, and its spare goes
+    // with it, although the application still holds the endpoint.
+    drop(daemon);
+    let rings = settle(ring_mappings, |n| n == 0);
+    assert_eq!(rings, 0, "the spare outlived the connection to the host");
+    drop(ends);
+}

@@ -1,7 +1,7 @@
 //! The daemon over real sockets in a temporary directory: raw guest and
 //! host clients speaking VMBus and the extension protocol by hand, shared
 //! memory seen from both sides, the signal link of a pair of processes (its
-//! flags memfd shared, its eventfds crossed), revocation and link closing
+//! flags memfd shared, its signal sockets crossed), revocation and link closing
 //! when a guest's socket closes, 1,000 channels at once, SO_PEERCRED
 //! refusal, stale and live sockets, and the embedded host.
 
@@ -370,7 +370,7 @@ fn host_connects_to_a_guest_and_both_share_the_rings() {
     hm.write(7 * PAGE_SIZE, b"host to guest").unwrap();
     gm.read(7 * PAGE_SIZE, &mut buf).unwrap();
     assert_eq!(&buf, b"host to guest");
-    // Signals travel over the link: shared flags, crossed eventfds.
+    // Signals travel over the link: shared flags, crossed signal sockets.
     check_link_between(&guest_link, &host_link);
     // A second channel of the pair reuses the link: no new Link.
     host_connect(&host, 2);

@@ -435,10 +435,11 @@ fn a_hostile_peer_cannot_make_ringing_block() {
 
 #[test]
 fn a_ring_dropped_on_a_full_socket_still_wakes_its_channel() {
-    // The guest rings thousands of relids nobody serves before the host
-    // end polls: the socket fills, and the ring for the served channel is
-    // dropped (its bit stays set). The poller drains, takes the bits, and
-    // wakes the channel; later rings are heard again.
+    // The socket fills before the host end polls (the guest rings thousands
+    // of relids nobody serves, then sends more than the protocol lets it),
+    // and the ring for the served channel is dropped (its bit stays set).
+    // The poller drains, takes the bits, and wakes the channel; each wake-up
+    // leaves the socket empty, and later rings are heard again.
     let (guest, bell, link) = served_link();
     let served = 3;
     let signal = bell.register(&link, served).unwrap();
@@ -446,17 +447,26 @@ fn a_ring_dropped_on_a_full_socket_still_wakes_its_channel() {
     for relid in 1000..(1000 + 8 * 1024) {
         guest.ring(relid).unwrap();
     }
+    let flood = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
+    while rustix::net::send(&guest.outgoing, &[7u8; 64 << 10], flood).is_ok() {}
     guest.ring(served).unwrap();
+    let unread = || rustix::io::ioctl_fionread(&link.incoming).unwrap();
     assert!(
         bell.wait(&signal, seen, in_secs(10)).unwrap(),
         "the channel was never woken"
     );
+    assert_eq!(unread(), 0, "a wake-up left the socket with bytes in it");
     for round in 0..3 {
         let seen = signal.generation();
         guest.ring(served).unwrap();
         assert!(
             bell.wait(&signal, seen, in_secs(10)).unwrap(),
             "round {round}: a ring after the drain was not heard"
+        );
+        assert_eq!(
+            unread(),
+            0,
+            "round {round}: the socket was left with bytes in it"
         );
     }
     bell.stop();
