@@ -11,74 +11,17 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::io::{Read, Write};
 
 use common::*;
 use hvsock::{ConnectOptions, Guest, Guid, Host, HvAddr, HvListener, VsockAddr, VsockStream};
-use vmbus::daemon::{Daemon, DaemonConfig};
 
 const ROLE: &str = "HVSOCK_DESCRIPTORS_DAEMON";
 
 /// The entry point of the daemon child; does nothing in a normal run.
 #[test]
 fn daemon_child() {
-    let Ok(socket) = std::env::var(ROLE) else {
-        return;
-    };
-    let mut config = DaemonConfig::new(PathBuf::from(socket));
-    config.vms.push(("alpha".into(), None));
-    let daemon = Daemon::bind(config).expect("bind");
-    println!("READY");
-    std::io::stdout().flush().unwrap();
-    daemon.run().expect("run");
-    std::process::exit(0);
-}
-
-/// The daemon in a child process; killed and reaped on drop.
-struct ChildDaemon(Child);
-
-impl ChildDaemon {
-    fn start(socket: &Path) -> ChildDaemon {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "daemon_child", "--nocapture", "--test-threads=1"])
-            .env(ROLE, socket)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the daemon");
-        let stdout = child.stdout.take().unwrap();
-        let kid = ChildDaemon(child);
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let ready = lines.any(|l| l.is_ok_and(|l| l.contains("READY")));
-            let _ = tx.send(ready);
-            // Keep reading so the child never blocks on a full pipe.
-            for _ in lines {}
-        });
-        assert_eq!(rx.recv_timeout(HANG), Ok(true), "the daemon did not start");
-        kid
-    }
-}
-
-impl Drop for ChildDaemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Held by each test: they count this process's descriptors, so they must
-/// not run at the same time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    daemon_child_entry(ROLE);
 }
 
 /// Connections held open at once.
@@ -95,7 +38,7 @@ fn descriptors_do_not_grow_per_connection() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("hv").join("host.sock");
-    let _daemon = ChildDaemon::start(&socket);
+    let _daemon = ChildDaemon::start(ROLE, &socket);
     let before_endpoints = fd_count();
 
     let root = Host::connect_daemon_at(&socket).unwrap();
@@ -186,7 +129,7 @@ fn each_peer_process_costs_a_few_descriptors_not_one_per_connection() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("hv").join("host.sock");
-    let _daemon = ChildDaemon::start(&socket);
+    let _daemon = ChildDaemon::start(ROLE, &socket);
     let root = Host::connect_daemon_at(&socket).unwrap();
     let listener = HvListener::bind(&root, HvAddr::from_vsock_port(Guid::ZERO, 9800)).unwrap();
     let options = ConnectOptions::seed();

@@ -20,11 +20,8 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -33,8 +30,7 @@ use hvsock::{
     VsockStream,
 };
 use hvsock_shm::PAGE_SIZE;
-use vmbus::daemon::{Daemon, DaemonConfig};
-use vmbus::ext::{ExtEvent, ExtRequest, RingLayout, BYTES_WRITTEN_OFFSET};
+use vmbus::ext::{ExtRequest, RingLayout, BYTES_WRITTEN_OFFSET};
 
 // ---- the daemon, in a child process ---------------------------------------
 
@@ -43,75 +39,7 @@ const ROLE: &str = "HVSOCK_SPARE_RINGS_DAEMON";
 /// The entry point of the daemon child; does nothing in a normal run.
 #[test]
 fn daemon_child() {
-    let Ok(socket) = std::env::var(ROLE) else {
-        return;
-    };
-    let mut config = DaemonConfig::new(PathBuf::from(socket));
-    config.vms.push(("alpha".into(), None));
-    let daemon = Daemon::bind(config).expect("bind");
-    println!("READY");
-    std::io::stdout().flush().unwrap();
-    daemon.run().expect("run");
-    std::process::exit(0);
-}
-
-/// The daemon in a child process, in a temporary directory; killed and
-/// reaped on drop.
-struct ChildDaemon {
-    child: Child,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl ChildDaemon {
-    fn start() -> ChildDaemon {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("hv").join("host.sock");
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "daemon_child", "--nocapture", "--test-threads=1"])
-            .env(ROLE, &socket)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn the daemon");
-        let stdout = child.stdout.take().unwrap();
-        let daemon = ChildDaemon {
-            child,
-            socket,
-            _dir: dir,
-        };
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let ready = lines.any(|l| l.is_ok_and(|l| l.contains("READY")));
-            let _ = tx.send(ready);
-            // Keep reading so the child never blocks on a full pipe.
-            for _ in lines {}
-        });
-        assert_eq!(rx.recv_timeout(HANG), Ok(true), "the daemon did not start");
-        daemon
-    }
-
-    fn socket(&self) -> &Path {
-        &self.socket
-    }
-}
-
-impl Drop for ChildDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Held by each test: one counts this process's descriptors and mappings,
-/// so none may run at the same time as another.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    daemon_child_entry(ROLE);
 }
 
 fn options(pages: (u32, u32)) -> ConnectOptions {
@@ -182,46 +110,15 @@ fn view(
 /// The next guest connection to a raw host's listener.
 #[track_caller]
 fn raw_incoming(host: &mut RawHost) -> Viewed {
-    let (event, fds) = host.next_event();
-    let ExtEvent::HostIncoming {
-        conn,
-        relid,
-        link,
-        layout,
-        ..
-    } = event
-    else {
-        panic!("expected HostIncoming, got {event:?}")
-    };
-    view(host, conn, fds, layout, relid, link)
+    let c = host.next_incoming();
+    view(host, c.conn, c.fds, c.layout, c.relid, c.link)
 }
 
 /// A raw host's connection to a guest's listener on `port`.
 #[track_caller]
 fn raw_connect(host: &mut RawHost, port: u32, request: u64) -> Viewed {
-    send_ext(
-        &host.sock,
-        &ExtRequest::HostConnect {
-            request,
-            vm_id: Guid::ZERO,
-            vm_name: Some("alpha".into()),
-            service_id: Guid::from_vsock_port(port),
-        },
-    );
-    let (event, fds) = host.next_event();
-    let ExtEvent::HostConnected {
-        request: answered,
-        conn,
-        relid,
-        link,
-        layout,
-        ..
-    } = event
-    else {
-        panic!("expected HostConnected, got {event:?}")
-    };
-    assert_eq!(answered, request);
-    view(host, conn, fds, layout, relid, link)
+    let c = host.request_connect("alpha", port, request);
+    view(host, c.conn, c.fds, c.layout, c.relid, c.link)
 }
 
 /// Asserts that the memory the guest handed over is what it asked for:
@@ -391,7 +288,7 @@ fn raw_cycle(
 #[test]
 fn consecutive_guest_connects_each_get_fresh_zeroed_memory_of_their_geometry() {
     let _serial = serial();
-    let daemon = ChildDaemon::start();
+    let daemon = ChildDaemon::start_in_temp(ROLE);
     let guest = Guest::connect_daemon_at(daemon.socket(), "alpha").unwrap();
     let mut host = RawHost::connect(daemon.socket());
     host.listen(7000);
@@ -414,7 +311,7 @@ fn consecutive_guest_connects_each_get_fresh_zeroed_memory_of_their_geometry() {
 #[test]
 fn consecutive_host_connects_to_a_guest_listener_each_get_fresh_zeroed_memory() {
     let _serial = serial();
-    let daemon = ChildDaemon::start();
+    let daemon = ChildDaemon::start_in_temp(ROLE);
     let guest = Guest::connect_daemon_at(daemon.socket(), "alpha").unwrap();
     let pages = (12, 9);
     let listener =
@@ -587,7 +484,7 @@ fn fresh_exchange(pair: &mut Pair, len: usize, seed: u64, tag: &str) {
 #[test]
 fn consecutive_real_connections_both_ways_are_fresh_and_move_data() {
     let _serial = serial();
-    let daemon = ChildDaemon::start();
+    let daemon = ChildDaemon::start_in_temp(ROLE);
     let mut ends = Endpoints::new(&daemon, 7200);
     for i in 0..4u64 {
         for (d, direction) in [Direction::GuestConnects, Direction::HostConnects]
@@ -639,7 +536,7 @@ fn assert_holds(fit: usize, pages: u32, tag: &str) {
 #[test]
 fn a_new_geometry_is_used_after_connections_in_another_raw_view() {
     let _serial = serial();
-    let daemon = ChildDaemon::start();
+    let daemon = ChildDaemon::start_in_temp(ROLE);
     let guest = Guest::connect_daemon_at(daemon.socket(), "alpha").unwrap();
     let mut host = RawHost::connect(daemon.socket());
     host.listen(7300);
@@ -687,7 +584,7 @@ fn a_new_geometry_is_used_after_connections_in_another_raw_view() {
 #[test]
 fn a_new_geometry_is_used_after_connections_in_another_real_capacity() {
     let _serial = serial();
-    let daemon = ChildDaemon::start();
+    let daemon = ChildDaemon::start_in_temp(ROLE);
     let mut ends = Endpoints::new(&daemon, 7400);
     let sequence = [
         (Direction::GuestConnects, (6, 6)),
@@ -733,7 +630,7 @@ const MAX_GROWTH: usize = 2;
 #[test]
 fn many_cycles_neither_fail_nor_grow_descriptors() {
     let _serial = serial();
-    let daemon = ChildDaemon::start();
+    let daemon = ChildDaemon::start_in_temp(ROLE);
     let mut ends = Endpoints::new(&daemon, 7500);
     // Geometries in turn, so that the spare matches sometimes and not
     // others; both directions.
@@ -798,7 +695,7 @@ fn ring_mappings() -> usize {
 #[test]
 fn a_spare_is_made_only_for_a_repeated_geometry_and_let_go_when_the_host_goes() {
     let _serial = serial();
-    let daemon = ChildDaemon::start();
+    let daemon = ChildDaemon::start_in_temp(ROLE);
     let mut ends = Endpoints::new(&daemon, 7700);
     // Connects in alternating geometries: no spare would ever match, so
     // none is made (each would be made and thrown away, for nothing).

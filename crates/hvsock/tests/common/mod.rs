@@ -122,6 +122,16 @@ pub enum LinkSide {
 /// Words in each bitmap of a link.
 pub const LINK_WORDS: u32 = (LINK_BITMAP_BYTES / 4) as u32;
 
+/// A host connection as the daemon announced it: its id, the ring memfd,
+/// the layout, the relid and the signal link.
+pub struct HostConnection {
+    pub conn: u64,
+    pub fds: Vec<OwnedFd>,
+    pub layout: RingLayout,
+    pub relid: u32,
+    pub link: u64,
+}
+
 /// One end of a signal link (`vmbus::ext`, "Signals"), as a raw client
 /// holds it: the two bitmaps, the socket end we wait on and the one we
 /// signal.
@@ -578,6 +588,14 @@ impl RawHost {
     /// Takes the next incoming connection: its id and its rings, mapped.
     #[track_caller]
     pub fn incoming(&mut self) -> (u64, Rings) {
+        let c = self.next_incoming();
+        (c.conn, self.rings(c.fds, c.layout, c.relid, c.link))
+    }
+
+    /// Takes the next incoming connection as the daemon announced it, the
+    /// ring memfd unmapped.
+    #[track_caller]
+    pub fn next_incoming(&mut self) -> HostConnection {
         let (event, fds) = self.next_event();
         let ExtEvent::HostIncoming {
             conn,
@@ -589,13 +607,27 @@ impl RawHost {
         else {
             panic!("expected HostIncoming, got {event:?}")
         };
-        (conn, self.rings(fds, layout, relid, link))
+        HostConnection {
+            conn,
+            fds,
+            layout,
+            relid,
+            link,
+        }
     }
 
     /// Connects to vsock port `port` of VM `vm` (where a guest listens):
     /// the connection's id and its rings, mapped.
     #[track_caller]
     pub fn connect_to(&mut self, vm: &str, port: u32, request: u64) -> (u64, Rings) {
+        let c = self.request_connect(vm, port, request);
+        (c.conn, self.rings(c.fds, c.layout, c.relid, c.link))
+    }
+
+    /// Connects to vsock port `port` of VM `vm` and returns the answer as
+    /// it came, the ring memfd unmapped.
+    #[track_caller]
+    pub fn request_connect(&mut self, vm: &str, port: u32, request: u64) -> HostConnection {
         send_ext(
             &self.sock,
             &ExtRequest::HostConnect {
@@ -618,7 +650,13 @@ impl RawHost {
             panic!("expected HostConnected, got {event:?}")
         };
         assert_eq!(answered, request);
-        (conn, self.rings(fds, layout, relid, link))
+        HostConnection {
+            conn,
+            fds,
+            layout,
+            relid,
+            link,
+        }
     }
 
     #[track_caller]
@@ -1044,6 +1082,98 @@ pub fn settle<T: Copy>(mut f: impl FnMut() -> T, ok: impl Fn(T) -> bool) -> T {
             return v;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---- a daemon in a child process -----------------------------------------
+
+/// The body of a test binary's `daemon_child` test: when the environment
+/// variable `role` names a socket path, runs a daemon there (serving VM
+/// "alpha") until killed; otherwise (a normal test run) returns at once.
+pub fn daemon_child_entry(role: &str) {
+    let Ok(socket) = std::env::var(role) else {
+        return;
+    };
+    let mut config = DaemonConfig::new(PathBuf::from(socket));
+    config.vms.push(("alpha".into(), None));
+    let daemon = Daemon::bind(config).expect("bind");
+    println!("READY");
+    std::io::stdout().flush().unwrap();
+    daemon.run().expect("run");
+    std::process::exit(0);
+}
+
+/// Held by each test of a binary whose tests count this process's own
+/// descriptors or mappings, so that none runs at the same time as another.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A daemon in a child process (this test binary run again as its
+/// `daemon_child` test, which calls [`daemon_child_entry`]), for tests that
+/// count this process's own descriptors and mappings; killed and reaped on
+/// drop.
+pub struct ChildDaemon {
+    child: std::process::Child,
+    socket: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl ChildDaemon {
+    /// Starts it on `socket`; `role` is the variable its `daemon_child`
+    /// test reads.
+    pub fn start(role: &str, socket: &Path) -> ChildDaemon {
+        Self::spawn(role, socket.to_path_buf(), None)
+    }
+
+    /// Starts it in a temporary directory of its own.
+    pub fn start_in_temp(role: &str) -> ChildDaemon {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("hv").join("host.sock");
+        Self::spawn(role, socket, Some(dir))
+    }
+
+    fn spawn(role: &str, socket: PathBuf, dir: Option<tempfile::TempDir>) -> ChildDaemon {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "daemon_child", "--nocapture", "--test-threads=1"])
+            .env(role, &socket)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the daemon");
+        let stdout = child.stdout.take().unwrap();
+        let daemon = ChildDaemon {
+            child,
+            socket,
+            _dir: dir,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let ready = lines.any(|l| l.is_ok_and(|l| l.contains("READY")));
+            let _ = tx.send(ready);
+            // Keep reading so the child never blocks on a full pipe.
+            for _ in lines {}
+        });
+        assert_eq!(rx.recv_timeout(HANG), Ok(true), "the daemon did not start");
+        daemon
+    }
+
+    /// Its socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+}
+
+impl Drop for ChildDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
