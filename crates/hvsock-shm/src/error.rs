@@ -104,6 +104,10 @@ pub enum Error {
     #[error("refused a signal link descriptor that is not a Unix stream socket; the host must make each direction of a link with socketpair(AF_UNIX, SOCK_STREAM)")]
     NotASignalSocket,
 
+    /// A peer attached file descriptors to a wake-up on its signal socket.
+    #[error("the peer attached file descriptors to a wake-up on its signal socket, which the protocol never does; its signals are no longer listened to")]
+    PeerPassedDescriptors,
+
     /// Reading an eventfd returned something other than its 8-byte counter.
     #[error("reading the eventfd returned {got} bytes instead of 8; the peer sent something that is not an eventfd")]
     NotAnEventFd {

@@ -22,14 +22,18 @@
 //! finds the buffer full is dropped: the receiver has unread wake-ups, and it
 //! looks at the flags after it drains them.
 
+use std::io::IoSliceMut;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use rustix::event::{self, PollFd, PollFlags, Timespec};
-use rustix::io::Errno;
-use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 
-use crate::Error;
+use rustix::io::Errno;
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvFlags, ReturnFlags, SendFlags, SocketFlags, SocketType,
+};
+
+use crate::{Error, MAX_FDS_PER_MESSAGE};
 
 /// Makes one signal line: the receiving end and the sending end.
 pub fn signal_pair() -> Result<(SignalReceiver, SignalSender), Error> {
@@ -47,10 +51,73 @@ pub fn signal_pair() -> Result<(SignalReceiver, SignalSender), Error> {
     // unused directions so that neither side can queue bytes nobody takes.
     let _ = rustix::net::shutdown(&receiving, rustix::net::Shutdown::Write);
     let _ = rustix::net::shutdown(&sending, rustix::net::Shutdown::Read);
+    // Before the sending end leaves this process: from then on the peer
+    // cannot attach descriptors (where the kernel can refuse them).
+    let guarded = !refuse_passed_descriptors(&receiving);
     Ok((
-        SignalReceiver { fd: receiving },
+        SignalReceiver {
+            fd: receiving,
+            guarded,
+        },
         SignalSender { fd: sending },
     ))
+}
+
+/// `SO_PASSRIGHTS` (Linux 6.16), on the architectures where it has the
+/// generic value (elsewhere every drain is guarded).
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "x86",
+    target_arch = "aarch64",
+    target_arch = "arm",
+    target_arch = "riscv64",
+    target_arch = "loongarch64"
+))]
+const SO_PASSRIGHTS: libc::c_int = 83;
+
+/// Makes a peer's send with descriptors attached (`SCM_RIGHTS`) to this
+/// receiving end fail with `EPERM`. A descriptor we take from a socket,
+/// even one we never see (no control buffer), is closed in our thread, and
+/// the peer chooses what that close does (a TCP socket with a long
+/// `SO_LINGER` makes it wait that long). Returns false where the kernel
+/// (before 6.16) has no such option.
+fn refuse_passed_descriptors(receiving: &OwnedFd) -> bool {
+    #[cfg(any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64",
+        target_arch = "loongarch64"
+    ))]
+    {
+        use std::os::fd::AsRawFd;
+        let off: libc::c_int = 0;
+        // SAFETY: `receiving` is an open socket for the whole call, and the
+        // option value is a c_int of the size passed, alive for the call.
+        let done = unsafe {
+            libc::setsockopt(
+                receiving.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_PASSRIGHTS,
+                (&off as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        done == 0
+    }
+    #[cfg(not(any(
+        target_arch = "x86_64",
+        target_arch = "x86",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64",
+        target_arch = "loongarch64"
+    )))]
+    {
+        let _ = receiving;
+        false
+    }
 }
 
 /// Refuses a descriptor that is not a Unix stream socket.
@@ -114,19 +181,26 @@ impl AsFd for SignalSender {
 #[derive(Debug)]
 pub struct SignalReceiver {
     fd: OwnedFd,
+    /// The kernel could not refuse passed descriptors (before 6.16): a
+    /// drain peeks first and never takes a message that carries some.
+    guarded: bool,
 }
 
-/// Bytes one read of a drain takes.
-const DRAIN_CHUNK: usize = 16 << 10;
+/// Bytes one read of a drain takes (on the stack of whichever thread
+/// polls, an application's among them).
+const DRAIN_CHUNK: usize = 8 << 10;
+
+/// Bytes one peek of a guarded drain looks at.
+const PEEK_CHUNK: usize = 4 << 10;
 
 /// Reads a drain makes before it leaves the rest for the next wake-up: a
 /// sender that keeps sending cannot keep a drain going for ever. Together
-/// (512 KiB) they take more than a socket holds (the sender's buffer is at
+/// (512 KiB; 256 KiB when guarded) they take more than a socket holds (the sender's buffer is at
 /// most `net.core.wmem_max`, 208 KiB by default), so a drain empties the
 /// socket unless the sender refills it meanwhile. That matters: a stream
 /// socket frees a sent buffer only once it is read whole, and while the
 /// sender's buffer is full its sends are dropped without a wake-up.
-const DRAIN_READS: usize = 32;
+const DRAIN_READS: usize = 64;
 
 impl SignalReceiver {
     /// Accepts a receiving end received from the host: it must be a Unix
@@ -134,24 +208,33 @@ impl SignalReceiver {
     /// flags do not matter: every receive is non-blocking by itself.
     pub fn from_fd(fd: OwnedFd) -> Result<Self, Error> {
         check_signal_socket(&fd)?;
-        Ok(Self { fd })
+        let guarded = !refuse_passed_descriptors(&fd);
+        Ok(Self { fd, guarded })
     }
 
     /// Takes the wake-ups that arrived, without blocking; `true` if there
     /// were any. Call it on every wake-up, before looking at what woke you,
     /// so that the buffer never fills while you sleep.
     pub fn drain(&self) -> Result<bool, Error> {
-        // Uninitialised: the bytes are thrown away, and zeroing 16 KiB on
-        // every wake-up cost more than the read.
+        // Uninitialised: the bytes are thrown away, and zeroing the buffer
+        // on every wake-up cost more than the read.
         let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); DRAIN_CHUNK];
         let mut any = false;
         for _ in 0..DRAIN_READS {
-            match rustix::net::recv(&self.fd, &mut buf, RecvFlags::DONTWAIT) {
+            let want = if self.guarded {
+                match self.peek_clean()? {
+                    0 => return Ok(any),
+                    n => n,
+                }
+            } else {
+                DRAIN_CHUNK
+            };
+            match rustix::net::recv(&self.fd, &mut buf[..want], RecvFlags::DONTWAIT) {
                 // The sender is gone: nothing more will come.
                 Ok((_, 0)) => return Ok(any),
                 Ok((_, n)) => {
                     any = true;
-                    if n < buf.len() {
+                    if n < DRAIN_CHUNK {
                         return Ok(true);
                     }
                 }
@@ -166,6 +249,65 @@ impl SignalReceiver {
             }
         }
         Ok(any)
+    }
+
+    /// Where the kernel cannot refuse passed descriptors: looks at what is
+    /// queued without taking it (a peek takes no descriptor, so no close
+    /// runs here) and returns how many bytes a receive may take, 0 if none.
+    /// [`Error::PeerPassedDescriptors`] if the peer attached some: leave
+    /// the socket to [`reap_on_a_thread`](Self::reap_on_a_thread).
+    fn peek_clean(&self) -> Result<usize, Error> {
+        let mut buf = [0u8; PEEK_CHUNK];
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let mut no_control = RecvAncillaryBuffer::default();
+        loop {
+            let peeked = rustix::net::recvmsg(
+                &self.fd,
+                &mut iov,
+                &mut no_control,
+                RecvFlags::PEEK | RecvFlags::DONTWAIT,
+            );
+            match peeked {
+                Ok(msg) if msg.flags.contains(ReturnFlags::CTRUNC) => {
+                    return Err(Error::PeerPassedDescriptors)
+                }
+                Ok(msg) => return Ok(msg.bytes),
+                Err(Errno::AGAIN) => return Ok(0),
+                Err(Errno::INTR) => continue,
+                Err(errno) => {
+                    return Err(Error::os(
+                        "peeking at a signal socket (recvmsg)",
+                        "the descriptor the host sent may be unusable",
+                    )(errno))
+                }
+            }
+        }
+    }
+
+    /// Hands a copy of this socket to a thread of its own that takes
+    /// everything the peer sends, descriptors included, and closes it all
+    /// there, until the peer closes its end; for a socket whose peer
+    /// attached descriptors ([`Error::PeerPassedDescriptors`]). Stop
+    /// draining it yourself: whatever those closes wait for, they wait in
+    /// that thread, and once it is done nothing with a descriptor is left
+    /// queued for our own close of the socket to close.
+    pub fn reap_on_a_thread(&self) -> Result<(), Error> {
+        let copy = self.fd.try_clone().map_err(|e| {
+            Error::os(
+                "copying a hostile signal socket (dup)",
+                "check that the process may open more files (RLIMIT_NOFILE)",
+            )(Errno::from_io_error(&e).unwrap_or(Errno::MFILE))
+        })?;
+        std::thread::Builder::new()
+            .name("hvsock-reaper".into())
+            .spawn(move || reap(copy))
+            .map_err(|e| {
+                Error::os(
+                    "starting a thread for a hostile signal socket",
+                    "check the process's thread limit",
+                )(Errno::from_io_error(&e).unwrap_or(Errno::AGAIN))
+            })?;
+        Ok(())
     }
 
     /// Waits up to `timeout` for a wake-up and takes it (with any others
@@ -214,6 +356,33 @@ impl SignalReceiver {
 impl AsFd for SignalReceiver {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+}
+
+/// Takes and closes everything a hostile peer sends on `socket` until it
+/// closes its end (see [`SignalReceiver::reap_on_a_thread`]).
+fn reap(socket: OwnedFd) {
+    let mut buf = [0u8; 4096];
+    let mut space = vec![
+        std::mem::MaybeUninit::uninit();
+        rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))
+            + std::mem::align_of::<u64>()
+    ];
+    loop {
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        match rustix::net::recvmsg(&socket, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+            // The peer closed its end: nothing more can come.
+            Ok(msg) if msg.bytes == 0 => return,
+            // Dropping the messages closes their descriptors, here.
+            Ok(_) => control.drain().for_each(drop),
+            Err(Errno::AGAIN) => {
+                let mut fds = [PollFd::new(&socket, PollFlags::IN)];
+                let _ = event::poll(&mut fds, None);
+            }
+            Err(Errno::INTR) => {}
+            Err(_) => return,
+        }
     }
 }
 
@@ -325,5 +494,99 @@ mod tests {
         let (rx, tx) = signal_pair().unwrap();
         SignalReceiver::from_fd(rx.into_fd()).unwrap();
         SignalSender::from_fd(tx.into_fd()).unwrap();
+    }
+
+    /// What a hostile peer can do with the sending end it holds: attach
+    /// descriptors to a byte it sends.
+    fn send_with_descriptors(tx: &impl AsFd, fds: &[BorrowedFd<'_>]) -> rustix::io::Result<usize> {
+        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage};
+        let mut space =
+            vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
+        rustix::net::sendmsg(
+            tx,
+            &[std::io::IoSlice::new(&[1])],
+            &mut control,
+            SendFlags::DONTWAIT,
+        )
+    }
+
+    /// A connected pair: whether one end is still open somewhere, seen
+    /// from the other.
+    fn pair() -> (OwnedFd, OwnedFd) {
+        rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap()
+    }
+
+    /// Whether the other end of `read_end`'s pair is still open somewhere.
+    fn writer_alive(read_end: &OwnedFd) -> bool {
+        let mut fds = [PollFd::new(read_end, PollFlags::IN)];
+        event::poll(&mut fds, Some(&Timespec::default())).unwrap();
+        !fds[0].revents().contains(PollFlags::HUP)
+    }
+
+    #[test]
+    fn a_peer_cannot_attach_descriptors_where_the_kernel_can_refuse_them() {
+        let (rx, tx) = signal_pair().unwrap();
+        if rx.guarded {
+            eprintln!("this kernel cannot refuse passed descriptors (SO_PASSRIGHTS, 6.16)");
+            return;
+        }
+        let (_read, write) = pair();
+        assert_eq!(
+            send_with_descriptors(&tx, &[write.as_fd()]),
+            Err(Errno::PERM)
+        );
+        // A received end is made to refuse them too.
+        let rx = SignalReceiver::from_fd(rx.into_fd()).unwrap();
+        assert!(!rx.guarded);
+    }
+
+    #[test]
+    fn a_guarded_drain_never_takes_descriptors_and_a_reaper_closes_them_elsewhere() {
+        // As on a kernel that cannot refuse them: a raw pair, guarded.
+        let (receiving, sending) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )
+        .unwrap();
+        let rx = SignalReceiver {
+            fd: receiving,
+            guarded: true,
+        };
+        let tx = SignalSender { fd: sending };
+        // Honest wake-ups are drained as ever.
+        tx.signal().unwrap();
+        assert!(rx.drain().unwrap());
+        // A wake-up, then one with a socket's end attached.
+        let (read_end, write_end) = pair();
+        tx.signal().unwrap();
+        send_with_descriptors(&tx, &[write_end.as_fd()]).unwrap();
+        drop(write_end);
+        assert!(matches!(rx.drain(), Err(Error::PeerPassedDescriptors)));
+        assert!(matches!(rx.drain(), Err(Error::PeerPassedDescriptors)));
+        // The descriptor was not taken (so not closed by us): it is still
+        // in the socket.
+        assert!(writer_alive(&read_end), "a drain took the descriptor");
+        // The reaper takes it, and everything after, until the peer leaves.
+        rx.reap_on_a_thread().unwrap();
+        send_with_descriptors(&tx, &[read_end.as_fd()]).unwrap();
+        drop(tx);
+        let started = Instant::now();
+        while writer_alive(&read_end) {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the reaper never closed the passed descriptor"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }

@@ -142,7 +142,14 @@ impl Link {
         // SeqCst: our ring stores happen before the bit (release), and the
         // peer's swap of the word (acquire) therefore sees them.
         if word.fetch_or(bit, Ordering::SeqCst) & bit == 0 {
-            self.outgoing.signal().map_err(shm_io)?;
+            if let Err(e) = self.outgoing.signal() {
+                // Not the caller's failure: its packets are in the ring and
+                // published. The bit is cleared again so that the next ring
+                // tries to send (a set bit would silence every later one);
+                // the peer still finds the packets at its next look.
+                word.fetch_and(!bit, Ordering::SeqCst);
+                tracing::warn!(link = self.id, relid, "cannot wake the peer: {e}");
+            }
         }
         Ok(())
     }
@@ -326,6 +333,24 @@ impl Doorbell {
         Ok(())
     }
 
+    /// Stops listening to a link whose peer attached descriptors to a
+    /// wake-up (only where the kernel cannot refuse them, before 6.16): its
+    /// socket leaves the epoll set, and a thread of its own takes and
+    /// closes what the peer sends, so that whatever those closes wait for
+    /// never holds up this thread or the doorbell. The peer's channels get
+    /// no more wake-ups; everyone else's are untouched.
+    fn stop_listening(&self, link: &Link) {
+        tracing::warn!(
+            link = link.id,
+            "a peer attached file descriptors to a wake-up on its signal link, which the \
+             protocol never does; its channels are no longer woken"
+        );
+        let _ = epoll::delete(&self.epoll, &link.incoming);
+        if let Err(e) = link.incoming.reap_on_a_thread() {
+            tracing::warn!(link = link.id, "{e}");
+        }
+    }
+
     fn forget(&self, st: &mut BellState, id: u64) {
         if let Some(entry) = st.links.remove(&id) {
             let _ = epoll::delete(&self.epoll, &entry.link.incoming);
@@ -487,8 +512,14 @@ impl Doorbell {
                     if let Some(entry) = st.links.get(&id) {
                         // Drained first: a send that finds the buffer full
                         // is dropped, and its bit is then taken below.
-                        if let Err(e) = entry.link.incoming.drain() {
-                            tracing::debug!(link = id, "cannot drain a signal socket: {e}");
+                        match entry.link.incoming.drain() {
+                            Ok(_) => {}
+                            Err(hvsock_shm::Error::PeerPassedDescriptors) => {
+                                self.stop_listening(&entry.link);
+                            }
+                            Err(e) => {
+                                tracing::debug!(link = id, "cannot drain a signal socket: {e}");
+                            }
                         }
                         wake_parked |= Self::take_signals(entry, &mut wakers);
                     }

@@ -751,6 +751,10 @@ impl Shared {
 
     fn guest_offer(&self, state: &mut State, offer: vmbus::OfferChannel) {
         let relid = offer.child_relid;
+        // Offers queued behind the connection's loss: nothing can open.
+        if state.dead.is_some() {
+            return;
+        }
         let purpose = match offer.hvsock_params() {
             Some(params) if params.is_for_guest_accept => {
                 let port = offer.if_type.vsock_port();
@@ -1135,7 +1139,7 @@ impl Shared {
     fn make_spare_rings(&self) {
         let wanted = {
             let mut state = self.lock();
-            if state.guest.spare_rings.is_some() {
+            if state.guest.spare_rings.is_some() || state.dead.is_some() {
                 return;
             }
             state.guest.spare_wanted.take()

@@ -632,9 +632,18 @@ fn many_cycles_neither_fail_nor_grow_descriptors() {
     let _serial = serial();
     let daemon = ChildDaemon::start_in_temp(ROLE);
     let mut ends = Endpoints::new(&daemon, 7500);
-    // Geometries in turn, so that the spare matches sometimes and not
-    // others; both directions.
-    let geometries = [(6, 6), (8, 16), (16, 8), (6, 6), (52, 52)];
+    // Geometries in turn, each twice or more in a row, so that spares are
+    // made, taken and thrown away; both directions.
+    let geometries = [
+        (6, 6),
+        (6, 6),
+        (6, 6),
+        (8, 16),
+        (8, 16),
+        (16, 8),
+        (52, 52),
+        (52, 52),
+    ];
     // Every listener is there from the start: each holds a descriptor.
     for pages in geometries {
         ends.listen(pages);
