@@ -21,7 +21,7 @@
 mod common;
 
 use std::io::ErrorKind;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -407,4 +407,63 @@ fn openchannel_with_descriptors_drops_that_guest_only() {
         rings.link.id, raw_by_rings.link.id,
         "two guest processes share a link"
     );
+}
+
+/// A descriptor whose last close waits `linger`: a TCP socket (over
+/// loopback) with `SO_LINGER` and unacknowledged data, its peer never
+/// reading. Returns it and the peer, which must stay open meanwhile.
+fn slow_to_close(linger: Duration) -> (OwnedFd, std::net::TcpStream) {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    rustix::net::sockopt::set_socket_linger(&client, Some(linger)).unwrap();
+    client.set_nonblocking(true).unwrap();
+    let chunk = vec![0u8; 1 << 16];
+    while client.write(&chunk).is_ok() {}
+    (OwnedFd::from(client), server)
+}
+
+/// Whether a new client gets its answer from the daemon within `within`
+/// (the daemon's loop serves every client in turn).
+fn daemon_answers(daemon: &TestDaemon, within: Duration) -> bool {
+    let started = Instant::now();
+    let host = Host::connect_daemon_at(&daemon.socket);
+    host.is_ok() && started.elapsed() < within
+}
+
+#[test]
+fn descriptors_a_client_passes_are_never_closed_in_the_daemons_loop() {
+    // Their last close would wait a minute: the daemon must not wait with
+    // it, whether the datagram is nonsense, carries too many descriptors,
+    // or its client is gone before the daemon reads it.
+    let linger = Duration::from_secs(60);
+    let daemon = TestDaemon::start(&["alpha"]);
+    let mut peers = Vec::new();
+    let cases: [(&str, usize, bool); 3] = [
+        ("a nonsense datagram with one", 1, false),
+        ("a datagram with more than the daemon takes", 5, false),
+        ("a datagram from a client that left at once", 1, true),
+    ];
+    for (what, count, leave) in cases {
+        let raw = RawHost::connect(&daemon.socket);
+        let mut fds = Vec::new();
+        for _ in 0..count {
+            let (fd, peer) = slow_to_close(linger);
+            fds.push(fd);
+            peers.push(peer);
+        }
+        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        send_with_fds(&raw.sock, b"nonsense", &borrowed).unwrap();
+        drop(fds);
+        if leave {
+            drop(raw);
+        } else {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            daemon_answers(&daemon, Duration::from_secs(20)),
+            "{what}: the daemon's loop waited for a descriptor's close"
+        );
+    }
 }

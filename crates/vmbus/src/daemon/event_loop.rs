@@ -11,6 +11,16 @@
 //! datagrams grows past [`MAX_QUEUED`] (it does not read its socket) is
 //! dropped, and a datagram that does not fit the receive buffer or carries
 //! more than [`MAX_INCOMING_FDS`] descriptors drops its sender.
+//!
+//! No descriptor a client chose is ever closed for the last time in the
+//! loop's thread: a close runs code the client picks (a TCP socket with a
+//! long `SO_LINGER`, a file on its FUSE mount, a Unix socket full of
+//! descriptors), and the loop serves every VM. The loop receives with room
+//! for as many descriptors as a message can carry, so the kernel closes
+//! none itself; every one that is not a memfd is copied, and the copy
+//! closed on a thread of its own ([`Closer`]) after the server is done with
+//! the message; a client's socket (whose queue may hold descriptors) is
+//! closed there too.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -107,6 +117,7 @@ struct Listener {
 /// The loop's state.
 pub(crate) struct Core {
     server: Server,
+    closer: Closer,
     epoll: OwnedFd,
     wake: Arc<EventFd>,
     commands: mpsc::Receiver<Command>,
@@ -127,6 +138,38 @@ impl std::fmt::Debug for Core {
             .field("clients", &self.conns.len())
             .field("listeners", &self.listeners.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// Closes what a client may have chosen, on a thread of its own (see the
+/// module docs): whatever such a close waits for, the loop does not.
+struct Closer(mpsc::Sender<Box<dyn Send>>);
+
+impl Closer {
+    fn start() -> io::Result<Closer> {
+        let (tx, rx) = mpsc::channel::<Box<dyn Send>>();
+        std::thread::Builder::new()
+            .name("hvsock-closer".into())
+            .spawn(move || rx.into_iter().for_each(drop))?;
+        Ok(Closer(tx))
+    }
+
+    /// Drops `thing` on the closer's thread.
+    fn close(&self, thing: impl Send + 'static) {
+        // The thread ends only with the loop; were it gone, closing here
+        // is all that is left.
+        let _ = self.0.send(Box::new(thing));
+    }
+
+    /// Copies of those of `fds` whose last close could wait: all but
+    /// memfds (the only descriptors clients send the server by right; a
+    /// memfd's close never waits). A descriptor that cannot be copied is
+    /// left to its luck.
+    fn copies_of_risky(&self, fds: &[OwnedFd]) -> Vec<OwnedFd> {
+        fds.iter()
+            .filter(|fd| rustix::fs::fcntl_get_seals(fd).is_err())
+            .filter_map(|fd| fd.try_clone().ok())
+            .collect()
     }
 }
 
@@ -156,6 +199,11 @@ impl Core {
         let host_listener = dir.as_mut().and_then(|d| d.take_listener());
         let mut core = Core {
             server: Server::new(config),
+            closer: Closer::start().map_err(|e| {
+                DaemonError::io("starting the closer thread")(
+                    rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::AGAIN),
+                )
+            })?,
             epoll,
             wake: wake.clone(),
             commands,
@@ -436,13 +484,30 @@ impl Core {
             let Some(conn) = self.conns.get(&token) else {
                 return;
             };
-            match hvsock_shm::recv_with_fds(&conn.fd, &mut self.buf, MAX_INCOMING_FDS) {
+            let received =
+                hvsock_shm::recv_with_fds(&conn.fd, &mut self.buf, hvsock_shm::MAX_FDS_PER_MESSAGE);
+            match received {
                 Ok((0, fds)) if fds.is_empty() => {
                     self.gone(token, "closed its socket");
                     return;
                 }
+                Ok((_, fds)) if fds.len() > MAX_INCOMING_FDS => {
+                    let count = fds.len();
+                    self.closer.close(fds);
+                    self.gone(
+                        token,
+                        &format!(
+                            "sent a datagram with {count} descriptors (at most \
+                             {MAX_INCOMING_FDS})"
+                        ),
+                    );
+                    return;
+                }
                 Ok((n, fds)) => {
                     let bytes = self.buf[..n].to_vec();
+                    // Copies of what the server may close, so that its
+                    // close is not the last.
+                    let last_closes = self.closer.copies_of_risky(&fds);
                     self.server.handle(
                         Instant::now(),
                         Input::Datagram {
@@ -451,6 +516,7 @@ impl Core {
                             fds,
                         },
                     );
+                    self.closer.close(last_closes);
                     self.actions();
                 }
                 Err(e) if would_block(&e) => return,
@@ -474,6 +540,7 @@ impl Core {
         if let Some(conn) = self.conns.remove(&token) {
             tracing::info!(client = token, pid = conn.pid, "client {why}");
             let _ = epoll::delete(&self.epoll, &conn.fd);
+            self.closer.close(conn);
         }
         self.server.handle(
             Instant::now(),
@@ -491,6 +558,7 @@ impl Core {
                     if let Some(conn) = self.conns.remove(&client.0) {
                         tracing::warn!(client = client.0, pid = conn.pid, "disconnected: {reason}");
                         let _ = epoll::delete(&self.epoll, &conn.fd);
+                        self.closer.close(conn);
                     }
                 }
                 Action::VmAdded { vm } => {
