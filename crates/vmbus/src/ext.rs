@@ -62,11 +62,15 @@
 //! can disturb only the signals of its own channels.
 //!
 //! Each direction is its own `socketpair(AF_UNIX, SOCK_STREAM)`, and each
-//! side holds one end of each, never the peer's end. An eventfd would not
-//! do: it is one open file shared with the peer, who could make it blocking
-//! (`F_SETFL`) and fill its counter so that the next signal blocked for
-//! ever. Links
-//! last until either process goes away ([`ExtEvent::LinkClosed`] tells the
+//! side holds one end of each, never the peer's end. The host turns
+//! `SO_PASSRIGHTS` off on the receiving ends (Linux 6.16+), so a peer cannot
+//! attach descriptors to a wake-up (their last close would run in the
+//! receiver's thread); where the kernel cannot, the receiver never takes a
+//! wake-up that carries some and stops listening to that link. An eventfd
+//! would not do: it is one open file shared with the peer, who could make
+//! it blocking (`F_SETFL`) and fill its counter so that the next signal
+//! blocked for ever; nor would a pipe: a peer stalling a page fault while it
+//! writes holds the pipe's lock that our read waits for. Links last until either process goes away ([`ExtEvent::LinkClosed`] tells the
 //! other). Relids stay at or below [`MAX_RELID`] so that every channel has
 //! a bit.
 //!
