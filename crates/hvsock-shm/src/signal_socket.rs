@@ -220,6 +220,12 @@ impl SignalReceiver {
         // on every wake-up cost more than the read.
         let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); DRAIN_CHUNK];
         let mut any = false;
+        // A read shorter than it could have been found the socket empty.
+        let full = if self.guarded {
+            PEEK_CHUNK
+        } else {
+            DRAIN_CHUNK
+        };
         for _ in 0..DRAIN_READS {
             let want = if self.guarded {
                 match self.peek_clean()? {
@@ -234,7 +240,7 @@ impl SignalReceiver {
                 Ok((_, 0)) => return Ok(any),
                 Ok((_, n)) => {
                     any = true;
-                    if n < DRAIN_CHUNK {
+                    if n < full {
                         return Ok(true);
                     }
                 }
@@ -548,9 +554,9 @@ mod tests {
         assert!(!rx.guarded);
     }
 
-    #[test]
-    fn a_guarded_drain_never_takes_descriptors_and_a_reaper_closes_them_elsewhere() {
-        // As on a kernel that cannot refuse them: a raw pair, guarded.
+    /// A raw pair whose receiving end is guarded, as on a kernel that
+    /// cannot refuse passed descriptors.
+    fn guarded_pair() -> (SignalReceiver, SignalSender) {
         let (receiving, sending) = rustix::net::socketpair(
             AddressFamily::UNIX,
             SocketType::STREAM,
@@ -562,7 +568,20 @@ mod tests {
             fd: receiving,
             guarded: true,
         };
-        let tx = SignalSender { fd: sending };
+        (rx, SignalSender { fd: sending })
+    }
+
+    #[test]
+    fn a_guarded_drain_empties_a_socket_a_flood_filled() {
+        let (rx, tx) = guarded_pair();
+        while rustix::net::send(&tx, &[7u8; 64 << 10], SendFlags::DONTWAIT).is_ok() {}
+        assert!(rx.drain().unwrap());
+        assert_eq!(rustix::io::ioctl_fionread(&rx).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_guarded_drain_never_takes_descriptors_and_a_reaper_closes_them_elsewhere() {
+        let (rx, tx) = guarded_pair();
         // Honest wake-ups are drained as ever.
         tx.signal().unwrap();
         assert!(rx.drain().unwrap());
