@@ -13,10 +13,11 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use rustix::event::{self, EventfdFlags, PollFd, PollFlags, Timespec};
+use rustix::event::{self, EventfdFlags, PollFlags};
 use rustix::fs::OFlags;
 use rustix::io::Errno;
 
+use crate::readable::{deadline_after, wait_readable};
 use crate::Error;
 
 /// A non-blocking, close-on-exec eventfd used as a wake-up signal.
@@ -98,7 +99,7 @@ impl EventFd {
     /// Blocks until a signal arrives and takes it.
     pub fn wait(&self) -> Result<(), Error> {
         while !self.try_wait()? {
-            self.poll(None)?;
+            self.wait_readable(None)?;
         }
         Ok(())
     }
@@ -106,39 +107,24 @@ impl EventFd {
     /// Blocks until a signal arrives (and takes it, returning `true`) or
     /// `timeout` passes (returning `false`).
     pub fn wait_timeout(&self, timeout: Duration) -> Result<bool, Error> {
-        // A deadline too far away to represent is as good as none.
-        let deadline = Instant::now().checked_add(timeout);
+        let deadline = deadline_after(timeout);
         loop {
             if self.try_wait()? {
                 return Ok(true);
             }
-            let remaining = match deadline {
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return Ok(false);
-                    }
-                    Some(deadline - now)
-                }
-                None => None,
-            };
-            self.poll(remaining)?;
+            if self.wait_readable(deadline)?.is_none() {
+                return Ok(false);
+            }
         }
     }
 
-    /// Waits until the eventfd is readable or `timeout` passes; returns early
-    /// on a signal delivered to this thread (callers loop).
-    fn poll(&self, timeout: Option<Duration>) -> Result<(), Error> {
-        // A timeout beyond Timespec's range is as good as no timeout.
-        let timeout = timeout.and_then(|t| Timespec::try_from(t).ok());
-        let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
-        match event::poll(&mut fds, timeout.as_ref()) {
-            Ok(_) | Err(Errno::INTR) => Ok(()),
-            Err(errno) => Err(Error::os(
-                "waiting for an eventfd (poll)",
-                "the descriptor the peer sent may be unusable",
-            )(errno)),
-        }
+    fn wait_readable(&self, deadline: Option<Instant>) -> Result<Option<PollFlags>, Error> {
+        wait_readable(
+            self.fd.as_fd(),
+            deadline,
+            "waiting for an eventfd (poll)",
+            "the descriptor the peer sent may be unusable",
+        )
     }
 
     /// Gives up the wrapper and returns the descriptor (e.g. to register it

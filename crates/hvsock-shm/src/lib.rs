@@ -3,8 +3,8 @@
 //! Owns sealed memfds ([`SharedMemory`]), their mappings ([`Mapping`]),
 //! atomic views of shared memory, the [`vmbus_ring::RingMem`] implementation
 //! for a ring inside a mapping ([`SharedRingMem`], [`ring_pair`]), eventfds
-//! ([`EventFd`]), signal sockets ([`signal_pair`]) and fd passing over Unix sockets ([`send_with_fds`],
-//! [`recv_with_fds`]). Knows nothing of the protocol: which rings exist, what
+//! ([`EventFd`]), signal sockets ([`signal_pair`]) and fd passing over Unix
+//! sockets ([`send_with_fds`], [`recv_with_fds`]). Knows nothing of the protocol: which rings exist, what
 //! their bytes mean and when to signal are decided by the callers.
 //!
 //! The peer that shares this memory is not trusted. It may write any byte at
@@ -21,6 +21,7 @@ mod eventfd;
 mod fdpass;
 mod mapping;
 mod memfd;
+mod readable;
 mod ring_mem;
 mod signal_socket;
 

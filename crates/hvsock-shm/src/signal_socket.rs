@@ -24,15 +24,15 @@
 
 use std::io::IoSliceMut;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rustix::event::{self, PollFd, PollFlags, Timespec};
-
+use rustix::event::{self, PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvFlags, ReturnFlags, SendFlags, SocketFlags, SocketType,
 };
 
+use crate::readable::{deadline_after, wait_readable};
 use crate::{Error, MAX_FDS_PER_MESSAGE};
 
 /// Makes one signal line: the receiving end and the sending end.
@@ -64,16 +64,19 @@ pub fn signal_pair() -> Result<(SignalReceiver, SignalSender), Error> {
 }
 
 /// `SO_PASSRIGHTS` (Linux 6.16), on the architectures where it has the
-/// generic value (elsewhere every drain is guarded).
-#[cfg(any(
+/// generic value; elsewhere (`None`) every drain is guarded.
+const SO_PASSRIGHTS: Option<libc::c_int> = if cfg!(any(
     target_arch = "x86_64",
     target_arch = "x86",
     target_arch = "aarch64",
     target_arch = "arm",
     target_arch = "riscv64",
     target_arch = "loongarch64"
-))]
-const SO_PASSRIGHTS: libc::c_int = 83;
+)) {
+    Some(83)
+} else {
+    None
+};
 
 /// Makes a peer's send with descriptors attached (`SCM_RIGHTS`) to this
 /// receiving end fail with `EPERM`. A descriptor we take from a socket,
@@ -82,42 +85,23 @@ const SO_PASSRIGHTS: libc::c_int = 83;
 /// `SO_LINGER` makes it wait that long). Returns false where the kernel
 /// (before 6.16) has no such option.
 fn refuse_passed_descriptors(receiving: &OwnedFd) -> bool {
-    #[cfg(any(
-        target_arch = "x86_64",
-        target_arch = "x86",
-        target_arch = "aarch64",
-        target_arch = "arm",
-        target_arch = "riscv64",
-        target_arch = "loongarch64"
-    ))]
-    {
-        use std::os::fd::AsRawFd;
-        let off: libc::c_int = 0;
-        // SAFETY: `receiving` is an open socket for the whole call, and the
-        // option value is a c_int of the size passed, alive for the call.
-        let done = unsafe {
-            libc::setsockopt(
-                receiving.as_raw_fd(),
-                libc::SOL_SOCKET,
-                SO_PASSRIGHTS,
-                (&off as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        done == 0
-    }
-    #[cfg(not(any(
-        target_arch = "x86_64",
-        target_arch = "x86",
-        target_arch = "aarch64",
-        target_arch = "arm",
-        target_arch = "riscv64",
-        target_arch = "loongarch64"
-    )))]
-    {
-        let _ = receiving;
-        false
-    }
+    use std::os::fd::AsRawFd;
+    let Some(option) = SO_PASSRIGHTS else {
+        return false;
+    };
+    let off: libc::c_int = 0;
+    // SAFETY: `receiving` is an open socket for the whole call, and the
+    // option value is a c_int of the size passed, alive for the call.
+    let done = unsafe {
+        libc::setsockopt(
+            receiving.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            (&off as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    done == 0
 }
 
 /// Refuses a descriptor that is not a Unix stream socket.
@@ -195,8 +179,9 @@ const PEEK_CHUNK: usize = 4 << 10;
 
 /// Reads a drain makes before it leaves the rest for the next wake-up: a
 /// sender that keeps sending cannot keep a drain going for ever. Together
-/// (512 KiB; 256 KiB when guarded) they take more than a socket holds (the sender's buffer is at
-/// most `net.core.wmem_max`, 208 KiB by default), so a drain empties the
+/// (512 KiB; 256 KiB when guarded) they take more than a socket holds (the
+/// sender's buffer is at most `net.core.wmem_max`, 208 KiB by default), so
+/// a drain empties the
 /// socket unless the sender refills it meanwhile. That matters: a stream
 /// socket frees a sent buffer only once it is read whole, and while the
 /// sender's buffer is full its sends are dropped without a wake-up.
@@ -321,33 +306,23 @@ impl SignalReceiver {
     /// this one socket alone; a process that serves many links waits for
     /// them together in epoll and calls [`drain`](Self::drain).
     pub fn wait_timeout(&self, timeout: Duration) -> Result<bool, Error> {
-        // A deadline too far away to represent is as good as none.
-        let deadline = Instant::now().checked_add(timeout);
+        let deadline = deadline_after(timeout);
         loop {
             if self.drain()? {
                 return Ok(true);
             }
-            let remaining = match deadline {
-                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return Ok(false),
-                },
-                None => None,
+            let Some(events) = wait_readable(
+                self.fd.as_fd(),
+                deadline,
+                "waiting on a signal socket (poll)",
+                "the descriptor the host sent may be unusable",
+            )?
+            else {
+                return Ok(false);
             };
-            let timeout = remaining.and_then(|t| Timespec::try_from(t).ok());
-            let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
-            match event::poll(&mut fds, timeout.as_ref()) {
-                Ok(_) | Err(Errno::INTR) => {}
-                Err(errno) => {
-                    return Err(Error::os(
-                        "waiting on a signal socket (poll)",
-                        "the descriptor the host sent may be unusable",
-                    )(errno))
-                }
-            }
             // The sender is gone: what it sent last is all there will be
             // (poll would report the hang-up at once from now on).
-            if fds[0].revents().contains(PollFlags::HUP) {
+            if events.contains(PollFlags::HUP) {
                 return self.drain();
             }
         }
@@ -394,6 +369,10 @@ fn reap(socket: OwnedFd) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
+    use rustix::event::Timespec;
+
     use super::*;
 
     #[test]

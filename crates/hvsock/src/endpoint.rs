@@ -1062,10 +1062,9 @@ impl Shared {
             listener.close(&reason);
         }
         state.dead = Some(reason);
-        // Nothing will open again: give the spare's memory back now, not
-        // when the last handle on this endpoint goes.
+        // Nothing will open again (and no spare is made once dead): give
+        // the spare's memory back now, not when the last handle goes.
         state.guest.spare_rings = None;
-        state.guest.spare_wanted = None;
         self.changed.notify_all();
     }
 
