@@ -10,8 +10,8 @@ use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use vmbus::ext::Partition;
@@ -172,12 +172,35 @@ impl Host {
     }
 }
 
-/// Per-stream settings, shared by its clones (as a socket's are).
-#[derive(Debug, Default, Clone, Copy)]
+/// Per-stream settings, shared by its clones (as a socket's are). Atomics
+/// rather than a lock: every read and write looks at them, and a lock is
+/// two atomic read-modify-writes per call, each of which waits for the
+/// previous write's stores to reach the reader (see BENCHMARKS.md, 64-byte
+/// busy-poll writes).
+#[derive(Debug, Default)]
 struct Settings {
-    nonblocking: bool,
-    read_timeout: Option<Duration>,
-    write_timeout: Option<Duration>,
+    nonblocking: AtomicBool,
+    /// Nanoseconds; 0 is no timeout (a zero timeout is refused).
+    read_timeout: AtomicU64,
+    write_timeout: AtomicU64,
+}
+
+impl Settings {
+    fn wait(&self, write: bool) -> Wait {
+        let timeout = if write {
+            &self.write_timeout
+        } else {
+            &self.read_timeout
+        };
+        Wait::timeout(
+            self.nonblocking.load(Relaxed),
+            nanos_to_timeout(timeout.load(Relaxed)),
+        )
+    }
+}
+
+fn nanos_to_timeout(nanos: u64) -> Option<Duration> {
+    (nanos != 0).then(|| Duration::from_nanos(nanos))
 }
 
 /// What every stream is: the channel, who to tell when it is dropped.
@@ -187,7 +210,7 @@ struct StreamInner {
     ep: Endpoint,
     key: ChannelKey,
     ends: Ends,
-    settings: Mutex<Settings>,
+    settings: Settings,
 }
 
 impl Drop for StreamInner {
@@ -210,7 +233,7 @@ impl Stream {
             ep: ep.clone(),
             key: ready.key,
             ends: ready.ends,
-            settings: Mutex::default(),
+            settings: Settings::default(),
         }))
     }
 
@@ -219,33 +242,20 @@ impl Stream {
         &self.0.io
     }
 
-    fn settings(&self) -> Settings {
-        *self.0.settings.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn update(&self, f: impl FnOnce(&mut Settings)) {
-        f(&mut self.0.settings.lock().unwrap_or_else(|e| e.into_inner()));
+    fn settings(&self) -> &Settings {
+        &self.0.settings
     }
 
     fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        let s = self.settings();
-        self.0
-            .io
-            .read(buf, Wait::timeout(s.nonblocking, s.read_timeout))
+        self.0.io.read(buf, self.settings().wait(false))
     }
 
     fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
-        let s = self.settings();
-        self.0
-            .io
-            .peek(buf, Wait::timeout(s.nonblocking, s.read_timeout))
+        self.0.io.peek(buf, self.settings().wait(false))
     }
 
     fn write(&self, buf: &[u8]) -> io::Result<usize> {
-        let s = self.settings();
-        self.0
-            .io
-            .write(buf, Wait::timeout(s.nonblocking, s.write_timeout))
+        self.0.io.write(buf, self.settings().wait(true))
     }
 
     pub(crate) fn shutdown(&self, how: Shutdown) -> io::Result<()> {
@@ -265,13 +275,15 @@ impl Stream {
                 "a zero timeout is not allowed",
             ));
         }
-        self.update(|s| {
-            if write {
-                s.write_timeout = timeout;
-            } else {
-                s.read_timeout = timeout;
-            }
-        });
+        let s = self.settings();
+        let slot = if write {
+            &s.write_timeout
+        } else {
+            &s.read_timeout
+        };
+        // Past u64 nanoseconds (584 years) is as good as never.
+        let nanos = timeout.map_or(0, |t| u64::try_from(t.as_nanos()).unwrap_or(u64::MAX));
+        slot.store(nanos, Relaxed);
         Ok(())
     }
 }
@@ -286,12 +298,10 @@ macro_rules! stream_methods {
             /// through a buffer of this process. Waits for data like a read;
             /// `Ok(0)` is the end of the stream.
             pub fn read_to_fd(&self, fd: impl AsFd, max: usize) -> io::Result<usize> {
-                let s = self.0.settings();
-                self.0 .0.io.read_to_fd(
-                    fd.as_fd(),
-                    max,
-                    Wait::timeout(s.nonblocking, s.read_timeout),
-                )
+                self.0
+                     .0
+                    .io
+                    .read_to_fd(fd.as_fd(), max, self.0.settings().wait(false))
             }
 
             /// Reads without consuming (MSG_PEEK): waits for data like a read.
@@ -318,12 +328,16 @@ macro_rules! stream_methods {
 
             /// The read timeout.
             pub fn read_timeout(&self) -> io::Result<Option<Duration>> {
-                Ok(self.0.settings().read_timeout)
+                Ok(nanos_to_timeout(
+                    self.0.settings().read_timeout.load(Relaxed),
+                ))
             }
 
             /// The write timeout.
             pub fn write_timeout(&self) -> io::Result<Option<Duration>> {
-                Ok(self.0.settings().write_timeout)
+                Ok(nanos_to_timeout(
+                    self.0.settings().write_timeout.load(Relaxed),
+                ))
             }
 
             /// In non-blocking mode reads and writes return `WouldBlock`
@@ -331,7 +345,7 @@ macro_rules! stream_methods {
             /// [`readiness_fd`](Self::readiness_fd): it is edge-triggered, so
             /// read or write until `WouldBlock` first.
             pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
-                self.0.update(|s| s.nonblocking = nonblocking);
+                self.0.settings().nonblocking.store(nonblocking, Relaxed);
                 Ok(())
             }
 

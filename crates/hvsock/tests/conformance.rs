@@ -455,6 +455,20 @@ fn read_timeouts_expire(w: World) {
     let e = (&g).read(&mut [0u8; 4]).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::TimedOut);
     assert!(g.set_read_timeout(Some(Duration::ZERO)).is_err());
+    // As a socket's: shared by clones, read back as set, each direction its own.
+    let clone = g.try_clone().unwrap();
+    assert_eq!(
+        clone.read_timeout().unwrap(),
+        Some(Duration::from_millis(50))
+    );
+    assert_eq!(clone.write_timeout().unwrap(), None);
+    clone
+        .set_write_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    assert_eq!(g.write_timeout().unwrap(), Some(Duration::from_secs(3)));
+    g.set_read_timeout(None).unwrap();
+    assert_eq!(clone.read_timeout().unwrap(), None);
+    assert_eq!(g.write_timeout().unwrap(), Some(Duration::from_secs(3)));
 }
 
 fn peek_then_read(w: World) {
