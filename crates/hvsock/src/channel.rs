@@ -46,12 +46,34 @@ struct Tx {
     writer: PipeWriter<Mem>,
     shut: bool,
     bytes: u64,
+    /// The `pending_send_sz` we ask for whenever we may sleep on a full ring.
+    pending: u32,
+    /// `pending_send_sz` is 0 because we spin on a full ring (busy-poll): the
+    /// reader need not signal the room it frees.
+    spinning: bool,
 }
 
 #[derive(Debug)]
 struct Rx {
     reader: PipeReader<Mem>,
     shut: bool,
+    /// `interrupt_mask` is set because we spin on an empty ring (busy-poll):
+    /// the writer need not signal its packets.
+    spinning: bool,
+}
+
+/// What a failed attempt at a read or write leads to, which decides what it
+/// tells the peer before it gives up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// Another attempt at once (busy-poll): the peer is told not to signal
+    /// us (the reader masks interrupts, the writer withdraws its
+    /// `pending_send_sz`), and there is no re-check, since nobody sleeps.
+    Spin,
+    /// Sleeping, or `WouldBlock` for a caller who will wait on the
+    /// readiness descriptor: the peer is asked to signal, then the ring is
+    /// re-checked (fenced), so that a signal cannot be missed.
+    Final,
 }
 
 /// One connection's rings and signals.
@@ -121,9 +143,11 @@ impl ChannelIo {
             )
         };
         let writer = RingWriter::new(tx_mem).map_err(attach)?;
-        // The seed's rule, kept for good: ask once for room for one maximal
-        // packet and never clear it (clearing it raced with the reader in
-        // Linux before 2019). A ring too small for one is asked for less.
+        // The seed's rule: ask for room for one maximal packet and keep
+        // asking whenever we may sleep (clearing it raced with the reader in
+        // Linux before 2019; here only a spinning writer withdraws it, and
+        // asks again, fenced and re-checked, before it sleeps). A ring too
+        // small for one is asked for less.
         let pending = match side {
             Side::Guest => SEED_PENDING_SEND_SIZE,
             Side::Host => hvs_packet_len(MAX_RECV_DATA) as u32,
@@ -142,10 +166,13 @@ impl ChannelIo {
                 writer: PipeWriter::new(writer, max_send as u32),
                 shut: false,
                 bytes: 0,
+                pending,
+                spinning: false,
             }),
             rx: Mutex::new(Rx {
                 reader: PipeReader::new(reader, MAX_RECV_DATA as u32),
                 shut: false,
+                spinning: false,
             }),
             link,
             relid,
@@ -223,7 +250,7 @@ impl ChannelIo {
         if buf.is_empty() {
             return Ok(0);
         }
-        self.wait_for(opts, |this| this.try_read(buf, false))
+        self.wait_for(opts, |this, how| this.try_read(buf, false, how))
     }
 
     /// Copies stream bytes without consuming them (MSG_PEEK); waits for data
@@ -232,7 +259,7 @@ impl ChannelIo {
         if buf.is_empty() {
             return Ok(0);
         }
-        self.wait_for(opts, |this| this.try_read(buf, true))
+        self.wait_for(opts, |this, how| this.try_read(buf, true, how))
     }
 
     /// Moves up to `max` stream bytes from the ring straight to `fd` with
@@ -249,11 +276,16 @@ impl ChannelIo {
         if max == 0 {
             return Ok(0);
         }
-        self.wait_for(opts, |this| this.try_read_to_fd(fd, max))
+        self.wait_for(opts, |this, how| this.try_read_to_fd(fd, max, how))
     }
 
-    fn try_read_to_fd(&self, fd: BorrowedFd<'_>, max: usize) -> io::Result<Option<usize>> {
-        self.try_receive(|this, reader| {
+    fn try_read_to_fd(
+        &self,
+        fd: BorrowedFd<'_>,
+        max: usize,
+        how: Attempt,
+    ) -> io::Result<Option<usize>> {
+        self.try_receive(how, |this, reader| {
             let Some(span) = reader.data_span().map_err(|c| this.reset(c))? else {
                 return Ok(0);
             };
@@ -286,15 +318,15 @@ impl ChannelIo {
         if buf.is_empty() {
             return Ok(0);
         }
-        self.wait_for(opts, |this| this.try_write(buf))
+        self.wait_for(opts, |this, how| this.try_write(buf, how))
     }
 
-    /// Runs `attempt` until it has an answer, sleeping between attempts as
-    /// the options say.
+    /// Runs `attempt` until it has an answer, spinning or sleeping between
+    /// attempts as the options and the busy-poll setting say.
     fn wait_for<T>(
         &self,
         opts: Wait,
-        mut attempt: impl FnMut(&Self) -> io::Result<Option<T>>,
+        mut attempt: impl FnMut(&Self, Attempt) -> io::Result<Option<T>>,
     ) -> io::Result<T> {
         let spin = Duration::from_nanos(self.busy_poll.load(Relaxed));
         // Read only once an attempt failed: a read or write that succeeds at
@@ -308,21 +340,27 @@ impl ChannelIo {
                 self.signal.drain_readiness()?;
             }
             let seen = self.signal.generation();
-            if let Some(done) = attempt(self)? {
+            // Reading the clock costs more than an attempt; look at it once
+            // every 256 spins.
+            let how = if !opts.nonblocking
+                && !spin.is_zero()
+                && (spins % 256 != 0 || !started.is_some_and(|t| t.elapsed() >= spin))
+            {
+                Attempt::Spin
+            } else {
+                Attempt::Final
+            };
+            if let Some(done) = attempt(self, how)? {
                 return Ok(done);
             }
             if opts.nonblocking {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
-            if !spin.is_zero() {
+            if how == Attempt::Spin {
                 spins = spins.wrapping_add(1);
-                // Reading the clock costs more than an attempt; look at it
-                // once every 256 spins.
-                let started = *started.get_or_insert_with(Instant::now);
-                if spins % 256 != 0 || started.elapsed() < spin {
-                    std::hint::spin_loop();
-                    continue;
-                }
+                started.get_or_insert_with(Instant::now);
+                std::hint::spin_loop();
+                continue;
             }
             if !self.bell.wait(&self.signal, seen, opts.deadline)? {
                 return Err(err(
@@ -333,8 +371,8 @@ impl ChannelIo {
         }
     }
 
-    fn try_read(&self, buf: &mut [u8], peek: bool) -> io::Result<Option<usize>> {
-        self.try_receive(|this, reader| {
+    fn try_read(&self, buf: &mut [u8], peek: bool, how: Attempt) -> io::Result<Option<usize>> {
+        self.try_receive(how, |this, reader| {
             if peek {
                 return reader.peek(buf).map_err(|c| this.reset(c));
             }
@@ -362,6 +400,7 @@ impl ChannelIo {
     /// space). `Some(0)` is the end of the stream, `None` "nothing yet".
     fn try_receive(
         &self,
+        how: Attempt,
         mut take: impl FnMut(&Self, &mut PipeReader<Mem>) -> io::Result<usize>,
     ) -> io::Result<Option<usize>> {
         let mut rx = lock(&self.rx);
@@ -388,20 +427,32 @@ impl ChannelIo {
                     format!("connection reset: {reason} before the peer finished sending"),
                 ));
             }
-            // The re-check before sleeping: `available` fences after our
-            // read_index store, pairing with the writer's fence.
-            let available = rx
-                .reader
-                .ring_mut()
-                .available()
-                .map_err(|c| self.reset(c))?;
+            if how == Attempt::Spin {
+                // We look again at once; the writer's signals would only
+                // cost both of us a system call each.
+                if !rx.spinning {
+                    rx.reader.ring().mask();
+                    rx.spinning = true;
+                }
+                return Ok(None);
+            }
+            // The re-check before sleeping: `available` (and `unmask`)
+            // fence after our stores, pairing with the writer's fence
+            // between publishing and loading the mask and read_index.
+            let available = if rx.spinning {
+                rx.spinning = false;
+                rx.reader.ring_mut().unmask()
+            } else {
+                rx.reader.ring_mut().available()
+            }
+            .map_err(|c| self.reset(c))?;
             if available == 0 {
                 return Ok(None);
             }
         }
     }
 
-    fn try_write(&self, buf: &[u8]) -> io::Result<Option<usize>> {
+    fn try_write(&self, buf: &[u8], how: Attempt) -> io::Result<Option<usize>> {
         let mut tx = lock(&self.tx);
         if tx.shut {
             return Err(err(
@@ -442,7 +493,22 @@ impl ChannelIo {
                     .write(self.counter_offset, &tx.bytes.to_le_bytes());
                 return Ok(Some(n));
             }
-            // Full. The re-check before sleeping: fence, reload read_index.
+            // Full.
+            if how == Attempt::Spin {
+                // We look again at once; the reader's signals would only
+                // cost both of us a system call each.
+                if !tx.spinning {
+                    tx.writer.ring().set_pending_send_size(0);
+                    tx.spinning = true;
+                }
+                return Ok(None);
+            }
+            if tx.spinning {
+                tx.spinning = false;
+                tx.writer.ring().set_pending_send_size(tx.pending);
+            }
+            // The re-check before sleeping: fence (after the pending_send_sz
+            // store too), reload read_index.
             tx.writer
                 .ring_mut()
                 .space_after_arming(0)

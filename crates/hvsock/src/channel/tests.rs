@@ -245,6 +245,160 @@ fn busy_polling_readers_get_the_same_bytes() {
     writer.join().unwrap();
 }
 
+/// A control word of the ring `io` reads (`rx`) or writes.
+fn control_word(io: &ChannelIo, rx: bool, word: usize) -> u32 {
+    use vmbus_ring::RingMem;
+    if rx {
+        lock(&io.rx).reader.ring().mem().load_control(word, Relaxed)
+    } else {
+        lock(&io.tx).writer.ring().mem().load_control(word, Relaxed)
+    }
+}
+
+/// Waits (up to 20 s) until `cond` holds.
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+const WITHIN_20S: fn() -> Wait = || Wait::timeout(false, Some(Duration::from_secs(20)));
+
+#[test]
+fn a_spinning_reader_masks_the_writers_signals_and_unmasks_before_it_sleeps() {
+    use vmbus_ring::mem::word::INTERRUPT_MASK;
+    let (guest, host) = pair(6, 6);
+    host.set_busy_poll(Some(Duration::from_secs(1)));
+    assert_eq!(control_word(&host, true, INTERRUPT_MASK), 0);
+    let reader = {
+        let host = host.clone();
+        std::thread::spawn(move || host.read(&mut [0u8; 8], WITHIN_20S()).unwrap())
+    };
+    eventually("the spinning reader masks", || {
+        control_word(&host, true, INTERRUPT_MASK) == 1
+    });
+    // The spin ends: the reader unmasks before it sleeps, and a packet
+    // written now must wake it.
+    eventually("the reader unmasks to sleep", || {
+        control_word(&host, true, INTERRUPT_MASK) == 0
+    });
+    assert_eq!(guest.write(b"x", BLOCK).unwrap(), 1);
+    assert_eq!(reader.join().unwrap(), 1);
+}
+
+#[test]
+fn a_spinning_writer_withdraws_its_pending_send_size_and_asks_again_before_it_sleeps() {
+    use vmbus_ring::mem::word::PENDING_SEND_SIZE;
+    let (guest, host) = pair(6, 6);
+    let asked = control_word(&guest, false, PENDING_SEND_SIZE);
+    assert!(asked > 0);
+    guest.set_busy_poll(Some(Duration::from_secs(1)));
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let writer = {
+        let (guest, data) = (guest.clone(), data.clone());
+        std::thread::spawn(move || {
+            let mut rest = &data[..];
+            while !rest.is_empty() {
+                rest = &rest[guest.write(rest, WITHIN_20S()).unwrap()..];
+            }
+            guest.shutdown_write().unwrap();
+        })
+    };
+    eventually(
+        "the writer spinning on a full ring withdraws its request",
+        || control_word(&guest, false, PENDING_SEND_SIZE) == 0,
+    );
+    eventually("the writer asks again to sleep", || {
+        control_word(&guest, false, PENDING_SEND_SIZE) == asked
+    });
+    // Only the reader's signals can wake the writer now.
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 7000];
+    loop {
+        let n = host.read(&mut buf, WITHIN_20S()).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got == data);
+    writer.join().unwrap();
+}
+
+#[test]
+fn a_would_block_after_a_spin_unmasks_so_the_readiness_descriptor_fires() {
+    use vmbus_ring::mem::word::INTERRUPT_MASK;
+    let (guest, host) = pair(6, 6);
+    host.set_busy_poll(Some(Duration::from_secs(20)));
+    let readiness = host.readiness().unwrap();
+    let reader = {
+        let host = host.clone();
+        std::thread::spawn(move || host.read(&mut [0u8; 8], WITHIN_20S()).unwrap())
+    };
+    eventually("the spinning reader masks", || {
+        control_word(&host, true, INTERRUPT_MASK) == 1
+    });
+    assert_eq!(guest.write(b"x", BLOCK).unwrap(), 1);
+    assert_eq!(reader.join().unwrap(), 1);
+    // A reader that got its data stays masked: it is not asleep.
+    assert_eq!(control_word(&host, true, INTERRUPT_MASK), 1);
+    let e = host.read(&mut [0u8; 8], NOWAIT).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::WouldBlock);
+    assert_eq!(control_word(&host, true, INTERRUPT_MASK), 0);
+    assert_eq!(guest.write(b"y", BLOCK).unwrap(), 1);
+    assert!(
+        readiness.wait_timeout(Duration::from_secs(20)).unwrap(),
+        "the writer did not signal a reader that said it would wait"
+    );
+}
+
+#[test]
+fn ends_that_keep_switching_between_spinning_and_sleeping_lose_no_wake_up() {
+    // Spins so short that both ends keep masking, withdrawing, unmasking and
+    // asking again; a lost signal leaves one asleep until its deadline.
+    let (guest, host) = pair(6, 6);
+    for io in [&guest, &host] {
+        io.set_busy_poll(Some(Duration::from_micros(20)));
+    }
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    let pump = |from: Arc<ChannelIo>, data: Vec<u8>| {
+        std::thread::spawn(move || {
+            for piece in data.chunks(3001) {
+                let mut rest = piece;
+                while !rest.is_empty() {
+                    rest = &rest[from.write(rest, WITHIN_20S()).unwrap()..];
+                }
+            }
+            from.shutdown_write().unwrap();
+        })
+    };
+    let drain = |to: Arc<ChannelIo>| {
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 1500];
+            loop {
+                let n = to.read(&mut buf, WITHIN_20S()).unwrap();
+                if n == 0 {
+                    return got;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let threads = [
+        pump(guest.clone(), data.clone()),
+        pump(host.clone(), data.clone()),
+    ];
+    let (to_host, to_guest) = (drain(host.clone()), drain(guest.clone()));
+    assert!(to_host.join().unwrap() == data);
+    assert!(to_guest.join().unwrap() == data);
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
 mod model {
     //! The two ends of a channel against a model: two byte queues, each
     //! with a flag for its FIN, driven by random non-blocking operations.
