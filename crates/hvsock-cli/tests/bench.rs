@@ -55,7 +55,7 @@ fn quick_json_has_the_documented_shape() {
             "{r}"
         );
         assert!(
-            ["hvsock", "uds", "tcp", "c-ring"].contains(&transport),
+            ["hvsock", "uds", "tcp", "c-ring", "futex"].contains(&transport),
             "{r}"
         );
         assert!(
@@ -97,6 +97,21 @@ fn quick_json_has_the_documented_shape() {
                 "no {case} result for {transport}"
             );
         }
+    }
+    // The wake-up floor runs beside the 1-byte round trips, in both modes,
+    // and really measures.
+    for mode in ["blocking", "busy-poll"] {
+        let floor = results
+            .iter()
+            .find(|r| r["transport"] == "futex" && r["mode"] == mode)
+            .unwrap_or_else(|| panic!("no {mode} wake-up floor"));
+        assert_eq!(floor["case"], "rtt", "{floor}");
+        assert_eq!(floor["write_size"], 1, "{floor}");
+        assert!(
+            floor["value"].as_f64().is_some_and(|us| us > 0.0),
+            "{floor}"
+        );
+        assert!(floor["ratio_uds"].is_number(), "{floor}");
     }
     // Every Unix-socket row is its own reference.
     for r in results.iter().filter(|r| r["transport"] == "uds") {

@@ -11,6 +11,7 @@
 //! embedded host serves only its own process, so there both ends are
 //! threads of the bench process (labelled `via: embedded-threads`).
 
+mod floor;
 mod peer;
 mod plot;
 mod sys;
@@ -18,6 +19,7 @@ mod transport;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -70,8 +72,8 @@ pub struct BenchArgs {
     #[arg(long = "write-size", value_name = "SIZE", value_parser = crate::demo::parse_size)]
     write_sizes: Vec<u64>,
 
-    /// Measure only these transports (repeatable: hvsock, uds, tcp, c-ring);
-    /// the ratios need uds.
+    /// Measure only these transports (repeatable: hvsock, uds, tcp, c-ring,
+    /// futex: the wake-up floor of the 1-byte round trip); the ratios need uds.
     #[arg(long = "transport", value_name = "NAME")]
     transports: Vec<String>,
 
@@ -168,6 +170,10 @@ enum Plan {
         size: usize,
         busy: bool,
     },
+    /// The wake-up floor (see `floor`): 1-byte round trips' reference.
+    Floor {
+        busy: bool,
+    },
     Setup {
         t: T,
         dir: Dir,
@@ -260,6 +266,15 @@ impl Plan {
                 direction: "ping-pong",
                 write_size: Some(size as u64),
                 ring_pages: pages,
+                ..base
+            },
+            Plan::Floor { busy } => Key {
+                case: "rtt",
+                transport: "futex",
+                via: "shm",
+                mode: mode(busy),
+                direction: "ping-pong",
+                write_size: Some(1),
                 ..base
             },
             Plan::Setup { t, dir, pages } => Key {
@@ -534,6 +549,9 @@ fn plan(case: Case, sizes: &Sizes, c_ring: bool) -> Vec<Plan> {
                             size,
                             busy,
                         });
+                    }
+                    if size == 1 {
+                        v.push(Plan::Floor { busy });
                     }
                 }
             }
@@ -881,6 +899,7 @@ impl Env {
                 size,
                 busy,
             } => self.rtt(t, pages, size, busy, sizes.rtt_rounds),
+            Plan::Floor { busy } => self.floor(busy, sizes.rtt_rounds),
             Plan::Setup { t, dir, pages } => self.setup(t, dir, pages, sizes.setup_count),
             Plan::Conns { t, n } => self.connections(t, n, sizes.conn_bytes),
         }
@@ -1040,17 +1059,7 @@ impl Env {
         let done = peer.next()?;
         drop(c);
         peer.finish()?;
-        lat.sort_by(f64::total_cmp);
-        let at = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
-        let mut s = Sample {
-            value: at(0.5),
-            ..Sample::default()
-        };
-        s.extras.insert("p50", at(0.5));
-        s.extras.insert("p99", at(0.99));
-        s.extras.insert("p999", at(0.999));
-        s.extras
-            .insert("mean", lat.iter().sum::<f64>() / lat.len() as f64);
+        let mut s = latency_sample(lat);
         let cpu_peer = if t == T::Embedded {
             0.0
         } else {
@@ -1061,6 +1070,47 @@ impl Env {
         s.extras.insert(
             "cpu_us_per_rtt",
             (cpu_here + cpu_peer) / rounds as f64 * 1e6,
+        );
+        Ok(s)
+    }
+
+    /// The wake-up floor: a peer process echoes futex pings through a
+    /// shared page (see `floor`).
+    fn floor(&mut self, busy: bool, rounds: usize) -> anyhow::Result<Sample> {
+        const WARMUP: usize = 200;
+        let (floor, memory) = floor::Floor::create(busy)?;
+        let job = Job {
+            work: Work::Floor {
+                rounds: rounds + WARMUP,
+            },
+            reach: Reach::Memfd {
+                path: PathBuf::from(format!(
+                    "/proc/{}/fd/{}",
+                    std::process::id(),
+                    memory.as_fd().as_raw_fd()
+                )),
+            },
+            busy,
+        };
+        let mut peer = self.spawn(&job)?;
+        let ready = peer.next()?;
+        if ready.get("ready").is_none() {
+            bail!("unexpected report from the peer: {ready}");
+        }
+        let cpu0 = sys::cpu_seconds();
+        let mut lat = floor.ping(rounds + WARMUP)?;
+        let cpu_here = sys::cpu_seconds() - cpu0;
+        let done = peer.next()?;
+        peer.finish()?;
+        lat.drain(..WARMUP);
+        let mut s = latency_sample(lat);
+        let cpu_peer = done
+            .get("cpu_s")
+            .and_then(Value::as_f64)
+            .unwrap_or(f64::NAN);
+        s.extras.insert(
+            "cpu_us_per_rtt",
+            (cpu_here + cpu_peer) / (rounds + WARMUP) as f64 * 1e6,
         );
         Ok(s)
     }
@@ -1302,6 +1352,23 @@ fn build_c_ring(given: Option<&Path>, exe: &Path, dir: &Path) -> Option<PathBuf>
         .status()
         .is_ok_and(|s| s.success());
     ok.then_some(out)
+}
+
+/// A round-trip sample from the latencies (microseconds): the median, and
+/// p50, p99, p99.9 and the mean as extras.
+fn latency_sample(mut lat: Vec<f64>) -> Sample {
+    lat.sort_by(f64::total_cmp);
+    let at = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+    let mut s = Sample {
+        value: at(0.5),
+        ..Sample::default()
+    };
+    s.extras.insert("p50", at(0.5));
+    s.extras.insert("p99", at(0.99));
+    s.extras.insert("p999", at(0.999));
+    s.extras
+        .insert("mean", lat.iter().sum::<f64>() / lat.len() as f64);
+    s
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

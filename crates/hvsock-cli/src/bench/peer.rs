@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use vmbus::daemon::EmbeddedHost;
 
+use super::floor::Floor;
 use super::sys;
 use super::transport::{Conn, PeerSide, Reach, Stream};
 
@@ -39,6 +40,12 @@ pub enum Work {
     Rtt {
         /// Message size.
         size: usize,
+        /// Round trips.
+        rounds: usize,
+    },
+    /// The peer answers `rounds` pings of the wake-up floor (`floor`), through
+    /// the shared page of [`Reach::Memfd`].
+    Floor {
         /// Round trips.
         rounds: usize,
     },
@@ -148,10 +155,19 @@ fn side(reach: &Reach, embedded: Option<&EmbeddedHost>) -> anyhow::Result<PeerSi
             let host = embedded.context("no embedded host in this process")?;
             PeerSide::Guest(Guest::embedded(host, vm)?, *port, *pages)
         }
+        Reach::Memfd { .. } => bail!("a shared page is not a stream to connect to"),
     })
 }
 
 fn work(job: &Job, ctl: &mut dyn Ctl, embedded: Option<&EmbeddedHost>) -> anyhow::Result<()> {
+    if let (Work::Floor { rounds }, Reach::Memfd { path }) = (&job.work, &job.reach) {
+        let floor = Floor::open(path, job.busy)?;
+        ctl.send(json!({ "ready": true }));
+        let cpu = sys::cpu_seconds();
+        floor.echo(*rounds)?;
+        ctl.send(json!({ "done": true, "cpu_s": sys::cpu_seconds() - cpu }));
+        return Ok(());
+    }
     let side = side(&job.reach, embedded)?;
     match job.work {
         Work::Throughput {
@@ -184,6 +200,7 @@ fn work(job: &Job, ctl: &mut dyn Ctl, embedded: Option<&EmbeddedHost>) -> anyhow
             }
             ctl.send(json!({ "done": true, "cpu_s": sys::cpu_seconds() - cpu }));
         }
+        Work::Floor { .. } => bail!("the wake-up floor needs its shared page"),
         Work::SetupConnect { count } => {
             let cpu = sys::cpu_seconds();
             let start = Instant::now();

@@ -46,6 +46,12 @@ pub enum Reach {
         /// Pages of each ring, control page included.
         pages: u32,
     },
+    /// The wake-up floor's shared page, at this `/proc` path of the bench
+    /// process's descriptor.
+    Memfd {
+        /// The path.
+        path: PathBuf,
+    },
     /// hvsock through an embedded host in this process (the peer is a thread).
     Embedded {
         /// The VM the peer joins.
