@@ -401,9 +401,32 @@ impl ChannelIo {
     fn try_receive(
         &self,
         how: Attempt,
-        mut take: impl FnMut(&Self, &mut PipeReader<Mem>) -> io::Result<usize>,
+        take: impl FnMut(&Self, &mut PipeReader<Mem>) -> io::Result<usize>,
     ) -> io::Result<Option<usize>> {
         let mut rx = lock(&self.rx);
+        let got = self.receive(&mut rx, how, take);
+        // A spinner that got bytes leaves no mask behind: another thread of
+        // ours may sleep or wait on the readiness descriptor, having
+        // unmasked before our spin masked again, and the writer would not
+        // signal it. Unmasked and re-checked (fenced), so that whatever the
+        // writer published unsignalled is seen, and handed on.
+        if rx.spinning && matches!(got, Ok(Some(_))) {
+            rx.spinning = false;
+            let more = rx.reader.ring_mut().unmask().map_err(|c| self.reset(c))?;
+            if more > 0 || rx.reader.partial_bytes() > 0 {
+                drop(rx);
+                self.wake();
+            }
+        }
+        got
+    }
+
+    fn receive(
+        &self,
+        rx: &mut Rx,
+        how: Attempt,
+        mut take: impl FnMut(&Self, &mut PipeReader<Mem>) -> io::Result<usize>,
+    ) -> io::Result<Option<usize>> {
         if rx.shut {
             return Ok(Some(0));
         }
@@ -454,6 +477,26 @@ impl ChannelIo {
 
     fn try_write(&self, buf: &[u8], how: Attempt) -> io::Result<Option<usize>> {
         let mut tx = lock(&self.tx);
+        let wrote = self.send(&mut tx, buf, how);
+        // As in `try_receive`: a spinner that wrote asks for room again
+        // (pending_send_sz), re-checks, and hands on room it sees to
+        // another thread of ours that may be asleep.
+        if tx.spinning && matches!(wrote, Ok(Some(_))) {
+            tx.spinning = false;
+            tx.writer.ring().set_pending_send_size(tx.pending);
+            tx.writer
+                .ring_mut()
+                .space_after_arming(0)
+                .map_err(|c| self.reset(c))?;
+            if tx.writer.cached_writable() > 0 {
+                drop(tx);
+                self.wake();
+            }
+        }
+        wrote
+    }
+
+    fn send(&self, tx: &mut Tx, buf: &[u8], how: Attempt) -> io::Result<Option<usize>> {
         if tx.shut {
             return Err(err(
                 io::ErrorKind::BrokenPipe,

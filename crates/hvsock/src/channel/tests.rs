@@ -328,7 +328,7 @@ fn a_spinning_writer_withdraws_its_pending_send_size_and_asks_again_before_it_sl
 }
 
 #[test]
-fn a_would_block_after_a_spin_unmasks_so_the_readiness_descriptor_fires() {
+fn after_a_spin_the_readiness_descriptor_fires_for_the_next_bytes() {
     use vmbus_ring::mem::word::INTERRUPT_MASK;
     let (guest, host) = pair(6, 6);
     host.set_busy_poll(Some(Duration::from_secs(20)));
@@ -342,8 +342,8 @@ fn a_would_block_after_a_spin_unmasks_so_the_readiness_descriptor_fires() {
     });
     assert_eq!(guest.write(b"x", BLOCK).unwrap(), 1);
     assert_eq!(reader.join().unwrap(), 1);
-    // A reader that got its data stays masked: it is not asleep.
-    assert_eq!(control_word(&host, true, INTERRUPT_MASK), 1);
+    // A spinner leaves no mask behind (another thread of ours may wait).
+    assert_eq!(control_word(&host, true, INTERRUPT_MASK), 0);
     let e = host.read(&mut [0u8; 8], NOWAIT).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::WouldBlock);
     assert_eq!(control_word(&host, true, INTERRUPT_MASK), 0);
@@ -397,6 +397,168 @@ fn ends_that_keep_switching_between_spinning_and_sleeping_lose_no_wake_up() {
     for t in threads {
         t.join().unwrap();
     }
+}
+
+// Two local threads on one channel (clones of one stream), one spinning and
+// one asleep: the spinner must not leave the sleeper unsignalled.
+
+#[test]
+fn a_reader_asleep_beside_a_spinning_one_is_woken_for_the_next_bytes() {
+    use vmbus_ring::mem::word::INTERRUPT_MASK;
+    let (guest, host) = pair(6, 6);
+    host.set_busy_poll(Some(Duration::from_secs(20)));
+    // Reader A: a blocking busy-poll read (spins up to 20 s).
+    let a = {
+        let host = host.clone();
+        std::thread::spawn(move || host.read(&mut [0u8; 8], WITHIN_20S()).unwrap())
+    };
+    eventually("A masks", || control_word(&host, true, INTERRUPT_MASK) == 1);
+    // Reader B (a clone in another thread) does not spin: Final at once,
+    // unmasks, re-checks an empty ring and sleeps.
+    host.set_busy_poll(None);
+    let b = {
+        let host = host.clone();
+        std::thread::spawn(move || {
+            host.read(
+                &mut [0u8; 8],
+                Wait::timeout(false, Some(Duration::from_secs(20))),
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    // A's next spin attempt masked again (rx.spinning was cleared by B).
+    assert_eq!(control_word(&host, true, INTERRUPT_MASK), 1, "A re-masked");
+    // A takes the first byte and leaves, the mask still set.
+    assert_eq!(guest.write(b"x", BLOCK).unwrap(), 1);
+    assert_eq!(a.join().unwrap(), 1);
+    // A second byte for B: masked, so the guest does not signal.
+    assert_eq!(guest.write(b"y", BLOCK).unwrap(), 1);
+    let got = b.join().unwrap();
+    assert_eq!(
+        got.as_ref().map_err(|e| e.kind()),
+        Ok(&1),
+        "reader B slept with a byte in the ring: {got:?}"
+    );
+}
+
+#[test]
+fn a_writer_asleep_beside_a_spinning_one_is_woken_for_the_next_room() {
+    use vmbus_ring::mem::word::PENDING_SEND_SIZE;
+    let (guest, host) = pair(6, 6);
+    // Fill the guest's ring.
+    let chunk = vec![1u8; 100_000];
+    let mut written = 0;
+    loop {
+        match guest.write(&chunk, NOWAIT) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let asked = control_word(&guest, false, PENDING_SEND_SIZE);
+    assert!(asked > 0);
+    guest.set_busy_poll(Some(Duration::from_secs(20)));
+    // Writer A: a blocking busy-poll write of one byte.
+    let a = {
+        let guest = guest.clone();
+        std::thread::spawn(move || guest.write(b"a", WITHIN_20S()).unwrap())
+    };
+    eventually("A withdraws", || {
+        control_word(&guest, false, PENDING_SEND_SIZE) == 0
+    });
+    // Writer B (a clone in another thread) does not spin: asks again, sleeps.
+    guest.set_busy_poll(None);
+    let b = {
+        let guest = guest.clone();
+        std::thread::spawn(move || {
+            guest.write(b"b", Wait::timeout(false, Some(Duration::from_secs(20))))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        control_word(&guest, false, PENDING_SEND_SIZE),
+        0,
+        "A withdrew again"
+    );
+    // The host drains the ring: A (spinning) writes its byte and leaves;
+    // no signal reaches B, as pending_send_sz is 0.
+    let mut big = vec![0u8; 100_000];
+    let mut got = 0;
+    while got < written + 1 {
+        got += host.read(&mut big, BLOCK).unwrap();
+    }
+    assert_eq!(a.join().unwrap(), 1);
+    let r = b.join().unwrap();
+    assert_eq!(
+        r.as_ref().map_err(|e| e.kind()),
+        Ok(&1),
+        "writer B slept on an empty ring: {r:?}"
+    );
+}
+
+/// Behaviour only (runs on the parent commit too): two clones both
+/// busy-polling with the same setting, started 150 ms apart.
+#[test]
+fn two_busy_polling_readers_get_one_byte_each() {
+    let (guest, host) = pair(6, 6);
+    host.set_busy_poll(Some(Duration::from_millis(300)));
+    let reader = |host: Arc<ChannelIo>| {
+        std::thread::spawn(move || {
+            host.read(
+                &mut [0u8; 8],
+                Wait::timeout(false, Some(Duration::from_secs(20))),
+            )
+            .map_err(|e| e.kind())
+        })
+    };
+    let b = reader(host.clone()); // sleeps from ~300 ms
+    std::thread::sleep(Duration::from_millis(150));
+    let a = reader(host.clone()); // spins until ~450 ms
+    std::thread::sleep(Duration::from_millis(230));
+    assert_eq!(guest.write(b"x", BLOCK).unwrap(), 1); // ~380 ms
+    std::thread::sleep(Duration::from_millis(120));
+    assert_eq!(guest.write(b"y", BLOCK).unwrap(), 1); // ~500 ms
+    let (a, b) = (a.join().unwrap(), b.join().unwrap());
+    assert_eq!(
+        (a, b),
+        (Ok(1), Ok(1)),
+        "one reader slept with a byte in the ring"
+    );
+}
+
+/// Behaviour only (runs on the parent commit too): two clones writing to a
+/// full ring, both busy-polling with the same setting, started 150 ms apart.
+#[test]
+fn two_busy_polling_writers_write_one_byte_each() {
+    let (guest, host) = pair(6, 6);
+    let chunk = vec![1u8; 100_000];
+    let mut written = 0;
+    loop {
+        match guest.write(&chunk, NOWAIT) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    guest.set_busy_poll(Some(Duration::from_millis(300)));
+    let writer = |guest: Arc<ChannelIo>, byte: &'static [u8]| {
+        std::thread::spawn(move || {
+            guest
+                .write(byte, Wait::timeout(false, Some(Duration::from_secs(20))))
+                .map_err(|e| e.kind())
+        })
+    };
+    let b = writer(guest.clone(), b"b"); // sleeps from ~300 ms
+    std::thread::sleep(Duration::from_millis(150));
+    let a = writer(guest.clone(), b"a"); // spins until ~450 ms
+    std::thread::sleep(Duration::from_millis(230));
+    let mut big = vec![0u8; 100_000];
+    let mut got = 0;
+    while got < written {
+        got += host.read(&mut big, BLOCK).unwrap(); // ~380 ms: room for both
+    }
+    let (a, b) = (a.join().unwrap(), b.join().unwrap());
+    assert_eq!((a, b), (Ok(1), Ok(1)), "a writer slept on an empty ring");
 }
 
 mod model {
