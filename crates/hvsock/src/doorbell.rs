@@ -8,12 +8,17 @@
 //! channel rings its link ([`Link::ring`]) when the ring rules say the peer
 //! must be woken, and waits on its [`Signal`] ([`Doorbell::wait`]).
 //!
-//! The links' receiving sockets sit in one epoll set, edge-triggered: each
-//! send by a peer is one event. One thread at a time (the *poller*) waits in
-//! `epoll_wait`; it drains the sockets of the links that fired (so that
-//! their buffers never fill), takes their bits, bumps the
-//! generation of each channel named, and wakes the threads parked for those
-//! channels. A thread waiting for a channel becomes the
+//! One thread at a time (the *poller*) sleeps for the peers' signals. With
+//! one link whose peer wakes by futex (the usual case: a guest process and
+//! its host), it sleeps in `futex_waitv` on the link's futex word and a
+//! private kick word, the cheapest wake-up there is (see [`vmbus::ext`]'s
+//! "Waking a sleeping side"). Otherwise the links' receiving sockets sit in
+//! one epoll set, edge-triggered (each send by a peer is one event), and
+//! the poller waits in `epoll_wait` and drains the sockets of the links
+//! that fired (so that their buffers never fill). Either way it tells the
+//! peers how to wake it before it sleeps and looks at the bits once more,
+//! takes the bits, bumps the generation of each channel named, and wakes
+//! the threads parked for those channels. A thread waiting for a channel becomes the
 //! poller when nobody is; when a poller leaves (its own channel fired), it
 //! hands the role to a parked thread. A process that only waits in one
 //! thread thus sleeps in `epoll_wait` itself and pays no extra context
@@ -34,7 +39,12 @@ use std::time::{Duration, Instant};
 
 use hvsock_shm::{EventFd, Mapping, SharedMemory, SignalReceiver, SignalSender};
 use rustix::event::epoll;
-use vmbus::ext::{GUEST_TO_HOST_FLAGS, HOST_TO_GUEST_FLAGS, LINK_FLAGS_BYTES, MAX_RELID};
+use rustix::thread::futex;
+use vmbus::ext::{
+    GUEST_TO_HOST_FLAGS, GUEST_WAKE_AREA, HOST_TO_GUEST_FLAGS, HOST_WAKE_AREA, LINK_FLAGS_BYTES,
+    MAX_RELID, WAKE_BY_FUTEX, WAKE_BY_SOCKET, WAKE_FEATURES, WAKE_FEATURE_FUTEX, WAKE_FUTEX,
+    WAKE_NOT_NEEDED, WAKE_STATE,
+};
 
 use crate::channel::Side;
 use crate::error::{err, shm_io};
@@ -52,6 +62,10 @@ pub(crate) struct Link {
     outgoing_bits: usize,
     /// Byte offset of the bitmap the peer sets (we take it).
     incoming_bits: usize,
+    /// Byte offset of our wake area (how we want to be woken).
+    own_wake: usize,
+    /// Byte offset of the peer's wake area.
+    peer_wake: usize,
     /// Signalled by the peer; we wait on it.
     incoming: SignalReceiver,
     /// We signal it; the peer waits on its other end.
@@ -89,17 +103,83 @@ impl Link {
         incoming: SignalReceiver,
         outgoing: SignalSender,
     ) -> Self {
-        let (outgoing_bits, incoming_bits) = match side {
-            Side::Guest => (GUEST_TO_HOST_FLAGS, HOST_TO_GUEST_FLAGS),
-            Side::Host => (HOST_TO_GUEST_FLAGS, GUEST_TO_HOST_FLAGS),
+        let (outgoing_bits, incoming_bits, own_wake, peer_wake) = match side {
+            Side::Guest => (
+                GUEST_TO_HOST_FLAGS,
+                HOST_TO_GUEST_FLAGS,
+                GUEST_WAKE_AREA,
+                HOST_WAKE_AREA,
+            ),
+            Side::Host => (
+                HOST_TO_GUEST_FLAGS,
+                GUEST_TO_HOST_FLAGS,
+                HOST_WAKE_AREA,
+                GUEST_WAKE_AREA,
+            ),
         };
-        Self {
+        let link = Self {
             id,
             flags,
             outgoing_bits,
             incoming_bits,
+            own_wake,
+            peer_wake,
             incoming,
             outgoing,
+        };
+        link.offer_futex_wakes(true);
+        link
+    }
+
+    /// Tells the peer whether we wake it by futex when it asks (see
+    /// [`vmbus::ext`]'s "Waking a sleeping side").
+    fn offer_futex_wakes(&self, offer: bool) {
+        if let Some(features) = self.wake_word(self.own_wake, WAKE_FEATURES) {
+            if offer {
+                features.fetch_or(WAKE_FEATURE_FUTEX, Ordering::SeqCst);
+            } else {
+                features.fetch_and(!WAKE_FEATURE_FUTEX, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Whether the peer wakes us by futex when we ask.
+    fn peer_wakes_by_futex(&self) -> bool {
+        self.wake_word(self.peer_wake, WAKE_FEATURES)
+            .is_some_and(|w| w.load(Ordering::SeqCst) & WAKE_FEATURE_FUTEX != 0)
+    }
+
+    /// Tells the peer how to wake us from now on.
+    fn announce(&self, state: u32) {
+        if let Some(word) = self.wake_word(self.own_wake, WAKE_STATE) {
+            word.store(state, Ordering::SeqCst);
+        }
+    }
+
+    /// The futex word we sleep on (the peer may write it too).
+    fn own_futex(&self) -> Option<&std::sync::atomic::AtomicU32> {
+        self.wake_word(self.own_wake, WAKE_FUTEX)
+    }
+
+    /// A word of a wake area. The flags memfd was checked to be
+    /// `LINK_FLAGS_BYTES` long, so this is never `None` in practice.
+    fn wake_word(&self, area: usize, field: usize) -> Option<&std::sync::atomic::AtomicU32> {
+        self.flags.atomic_u32(area + field).ok()
+    }
+
+    /// Wakes the peer the way it asked: nothing while it is awake (it looks
+    /// at its bits before it sleeps), its futex, or its socket.
+    fn wake_peer(&self) -> Result<(), String> {
+        let state = self
+            .wake_word(self.peer_wake, WAKE_STATE)
+            .map_or(WAKE_BY_SOCKET, |w| w.load(Ordering::SeqCst));
+        match state {
+            WAKE_NOT_NEEDED => Ok(()),
+            WAKE_BY_FUTEX => match self.wake_word(self.peer_wake, WAKE_FUTEX) {
+                Some(word) => wake_futex(word, futex::Flags::empty()),
+                None => Ok(()),
+            },
+            _ => self.outgoing.signal().map_err(|e| e.to_string()),
         }
     }
 
@@ -133,16 +213,17 @@ impl Link {
         self.id
     }
 
-    /// Wakes the peer for channel `relid`: sets its bit, and sends on the
-    /// peer's signal socket only if the bit was clear (a set bit means a
-    /// signal is on its way or not yet taken). Never blocks.
+    /// Wakes the peer for channel `relid`: sets its bit and, only if the bit
+    /// was clear (a set bit means a signal is on its way or not yet taken),
+    /// wakes the peer the way it asked (nothing while it is awake, its
+    /// futex, or its signal socket). Never blocks.
     pub(crate) fn ring(&self, relid: u32) -> io::Result<()> {
         let word = self.word(self.outgoing_bits, relid / 32)?;
         let bit = 1u32 << (relid % 32);
         // SeqCst: our ring stores happen before the bit (release), and the
         // peer's swap of the word (acquire) therefore sees them.
         if word.fetch_or(bit, Ordering::SeqCst) & bit == 0 {
-            if let Err(e) = self.outgoing.signal() {
+            if let Err(e) = self.wake_peer() {
                 // Not the caller's failure: its packets are in the ring and
                 // published. The bit is cleared again so that the next ring
                 // tries to send (a set bit would silence every later one);
@@ -156,8 +237,15 @@ impl Link {
 
     /// Takes (clears) the bits of the peer's bitmap word `index`.
     fn take(&self, index: u32) -> u32 {
-        self.word(self.incoming_bits, index)
-            .map_or(0, |w| w.swap(0, Ordering::SeqCst))
+        // A load first: most words are 0, and a swap is a locked
+        // instruction on a line the peer writes.
+        self.word(self.incoming_bits, index).map_or(0, |w| {
+            if w.load(Ordering::SeqCst) == 0 {
+                0
+            } else {
+                w.swap(0, Ordering::SeqCst)
+            }
+        })
     }
 
     fn word(&self, bitmap: usize, index: u32) -> io::Result<&std::sync::atomic::AtomicU32> {
@@ -171,6 +259,15 @@ impl Link {
             .atomic_u32(bitmap + 4 * index as usize)
             .map_err(shm_io)
     }
+}
+
+/// Moves `word` on and wakes everyone sleeping on it: all, not one, so that
+/// a peer that waits on our word too cannot take the wake-up meant for us.
+fn wake_futex(word: &std::sync::atomic::AtomicU32, flags: futex::Flags) -> Result<(), String> {
+    word.fetch_add(1, Ordering::SeqCst);
+    futex::wake(word, flags, i32::MAX as u32)
+        .map(drop)
+        .map_err(|e| format!("FUTEX_WAKE: {e}"))
 }
 
 /// One channel's wake-ups: a generation that moves each time the peer (or
@@ -239,6 +336,15 @@ struct LinkEntry {
 }
 
 impl LinkEntry {
+    /// Whether the peer set a bit of a channel we serve.
+    fn has_bits(&self) -> bool {
+        self.words.keys().any(|&index| {
+            self.link
+                .word(self.link.incoming_bits, index)
+                .is_ok_and(|w| w.load(Ordering::SeqCst) != 0)
+        })
+    }
+
     fn new(link: Arc<Link>) -> Self {
         Self {
             link,
@@ -247,6 +353,28 @@ impl LinkEntry {
             closed: false,
         }
     }
+}
+
+/// How the poller sleeps (see [`Doorbell::prepare_sleep`]).
+#[derive(Debug)]
+enum Sleep {
+    /// On the futex of the one link, with what its word and the local kick
+    /// word held before the announcement.
+    Futex {
+        link: Arc<Link>,
+        futex_seen: u32,
+        kick_seen: u32,
+    },
+    /// In epoll, on every link's socket and the kick.
+    Epoll,
+}
+
+/// What a sleep returned.
+enum Fired<'e> {
+    /// Nothing to drain: the caller looks at the bits (futex, or no sleep).
+    Nothing,
+    /// Epoll's events.
+    Events(&'e mut [epoll::Event]),
 }
 
 /// The epoll data of the kick (link ids are counted up from 1).
@@ -258,8 +386,10 @@ const EVENTS_AT_ONCE: usize = 32;
 #[derive(Debug, Default)]
 struct BellState {
     links: HashMap<u64, LinkEntry>,
-    /// A thread is in `epoll_wait`.
+    /// A thread polls (sleeps in `epoll_wait` or on a futex).
     polling: bool,
+    /// ... on the futex of the one link (then kicks go to `local_kick`).
+    futex_polling: bool,
     /// Threads parked on the condition variable.
     parked: usize,
     background: Option<JoinHandle<()>>,
@@ -270,8 +400,13 @@ struct BellState {
 pub(crate) struct Doorbell {
     /// The links' receiving sockets and the kick, edge-triggered.
     epoll: OwnedFd,
-    /// Interrupts a poller: a local wake-up, the end.
+    /// Interrupts a poller in `epoll_wait`: a local wake-up, the end.
     kick: EventFd,
+    /// Interrupts a poller on a futex: a private futex word, out of the
+    /// peer's reach.
+    local_kick: std::sync::atomic::AtomicU32,
+    /// `futex_waitv` works here (Linux 5.16+, not refused by a sandbox).
+    futex_works: AtomicBool,
     state: Mutex<BellState>,
     parked: Condvar,
     /// The background poller's own signal, fired only to stop it.
@@ -287,6 +422,8 @@ impl Doorbell {
         Ok(Arc::new(Self {
             epoll,
             kick,
+            local_kick: Default::default(),
+            futex_works: AtomicBool::new(true),
             state: Mutex::default(),
             parked: Condvar::new(),
             background: Arc::default(),
@@ -330,7 +467,21 @@ impl Doorbell {
         }
         Self::watch(&self.epoll, &link.incoming, link.id)?;
         st.links.insert(link.id, LinkEntry::new(Arc::new(link)));
+        // A poller on the first link's futex would not hear this one.
+        self.kick_poller(&st);
         Ok(())
+    }
+
+    /// Interrupts the poller, if any, wherever it sleeps.
+    fn kick_poller(&self, st: &BellState) {
+        if !st.polling {
+            return;
+        }
+        if st.futex_polling {
+            let _ = wake_futex(&self.local_kick, futex::Flags::PRIVATE);
+        } else {
+            let _ = self.kick.signal();
+        }
     }
 
     /// Stops listening to a link whose peer attached descriptors to a
@@ -452,10 +603,8 @@ impl Doorbell {
         if signal.parked.load(Ordering::Relaxed) > 0 {
             self.parked.notify_all();
         }
-        if st.polling {
-            // The poller may be the thread waiting for this signal.
-            let _ = self.kick.signal();
-        }
+        // The poller may be the thread waiting for this signal.
+        self.kick_poller(&st);
     }
 
     /// Sleeps until `signal` moved past generation `seen`, or until
@@ -499,28 +648,52 @@ impl Doorbell {
                 continue;
             }
             st.polling = true;
+            let sleep = self.prepare_sleep(&mut st);
+            // The look after announcing how to wake us: the bits of peers
+            // that saw us awake and therefore sent nothing.
+            let mut wakers = Vec::new();
+            let mut wake_parked = false;
+            for entry in st.links.values() {
+                if matches!(sleep, Sleep::Epoll) && entry.has_bits() {
+                    // Their bytes too, as after an event: a socket is only
+                    // ever left with the bytes of bits not yet taken.
+                    self.drain(&entry.link);
+                }
+                wake_parked |= Self::take_signals(entry, &mut wakers);
+            }
+            if wake_parked {
+                self.parked.notify_all();
+            }
+            let ours_fired = signal.generation() != seen;
             drop(st);
+            wakers.drain(..).for_each(Waker::wake);
             let mut events = [MaybeUninit::<epoll::Event>::uninit(); EVENTS_AT_ONCE];
-            let polled = self.poll_links(&mut events, remaining);
+            let polled = match sleep {
+                _ if ours_fired => Ok(Fired::Nothing),
+                Sleep::Epoll => self.poll_links(&mut events, remaining).map(Fired::Events),
+                Sleep::Futex {
+                    ref link,
+                    futex_seen,
+                    kick_seen,
+                } => Ok(self.sleep_on_futex(link, futex_seen, kick_seen, remaining)),
+            };
             st = self.lock();
             st.polling = false;
+            st.futex_polling = false;
             let mut wake_parked = false;
-            let mut wakers = Vec::new();
-            if let Ok(fired) = &polled {
+            if let Sleep::Futex { link, .. } = &sleep {
+                link.announce(WAKE_NOT_NEEDED);
+                if let Some(entry) = st.links.get(&link.id) {
+                    wake_parked |= Self::take_signals(entry, &mut wakers);
+                }
+            }
+            if let Ok(Fired::Events(fired)) = &polled {
                 for event in fired.iter() {
                     let id = event.data.u64();
                     if let Some(entry) = st.links.get(&id) {
                         // Drained first: a send that finds the buffer full
                         // is dropped, and its bit is then taken below.
-                        match entry.link.incoming.drain() {
-                            Ok(_) => {}
-                            Err(hvsock_shm::Error::PeerPassedDescriptors) => {
-                                self.stop_listening(&entry.link);
-                            }
-                            Err(e) => {
-                                tracing::debug!(link = id, "cannot drain a signal socket: {e}");
-                            }
-                        }
+                        self.drain(&entry.link);
                         wake_parked |= Self::take_signals(entry, &mut wakers);
                     }
                 }
@@ -539,6 +712,94 @@ impl Doorbell {
                 self.pass_on(&st);
                 return Err(e);
             }
+        }
+    }
+
+    /// Decides how the poller sleeps this time and tells the peers: on the
+    /// futex of the one link when its peer wakes by futex (the cheapest
+    /// wake-up), else on every link's socket and the kick, in epoll.
+    fn prepare_sleep(&self, st: &mut BellState) -> Sleep {
+        let only = match st.links.len() {
+            1 => st.links.values().next(),
+            _ => None,
+        };
+        if let Some(entry) = only.filter(|_| self.futex_works.load(Ordering::Relaxed)) {
+            let link = &entry.link;
+            if let (true, Some(word)) = (link.peer_wakes_by_futex(), link.own_futex()) {
+                // Read before the announcement: a wake-up after it moves
+                // the word past what we read, and the wait returns at once.
+                let futex_seen = word.load(Ordering::SeqCst);
+                let kick_seen = self.local_kick.load(Ordering::SeqCst);
+                link.announce(WAKE_BY_FUTEX);
+                st.futex_polling = true;
+                return Sleep::Futex {
+                    link: link.clone(),
+                    futex_seen,
+                    kick_seen,
+                };
+            }
+        }
+        for entry in st.links.values() {
+            entry.link.announce(WAKE_BY_SOCKET);
+        }
+        Sleep::Epoll
+    }
+
+    /// Sleeps on `link`'s futex word (which the peer may also write) and
+    /// our private kick word, until either moves from what was read, or
+    /// `timeout`. Any failure other than those is taken as "futexes do
+    /// not work here" (an old kernel, a sandbox): from then on the poller
+    /// sleeps in epoll.
+    fn sleep_on_futex(
+        &self,
+        link: &Link,
+        futex_seen: u32,
+        kick_seen: u32,
+        timeout: Option<Duration>,
+    ) -> Fired<'static> {
+        let Some(word) = link.own_futex() else {
+            return Fired::Nothing;
+        };
+        let mut waiters = [futex::Wait::new(), futex::Wait::new()];
+        // Shared, not private: the peer process wakes it.
+        waiters[0].uaddr = futex::WaitPtr::new(word.as_ptr().cast());
+        waiters[0].val = u64::from(futex_seen);
+        waiters[0].flags = futex::WaitFlags::SIZE_U32;
+        waiters[1].uaddr = futex::WaitPtr::new(self.local_kick.as_ptr().cast());
+        waiters[1].val = u64::from(kick_seen);
+        waiters[1].flags = futex::WaitFlags::SIZE_U32 | futex::WaitFlags::PRIVATE;
+        // futex_waitv's timeout is a point on the monotonic clock.
+        let deadline = timeout.map(|t| {
+            let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+            let t = t.min(Duration::from_secs(86_400));
+            let nanos = now.tv_nsec + i64::from(t.subsec_nanos());
+            futex::Timespec {
+                tv_sec: now.tv_sec + t.as_secs() as i64 + nanos / 1_000_000_000,
+                tv_nsec: nanos % 1_000_000_000,
+            }
+        });
+        match futex::waitv(
+            &waiters,
+            futex::WaitvFlags::empty(),
+            deadline.as_ref(),
+            futex::ClockId::Monotonic,
+        ) {
+            Ok(_) | Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::TIMEDOUT) => {}
+            Err(e) => {
+                tracing::debug!("futex_waitv failed ({e}); waiting on the signal sockets instead");
+                self.futex_works.store(false, Ordering::Relaxed);
+            }
+        }
+        Fired::Nothing
+    }
+
+    /// Empties a link's socket of the bytes its peer sent.
+    fn drain(&self, link: &Link) {
+        match link.incoming.drain() {
+            Ok(_) => {}
+            Err(hvsock_shm::Error::PeerPassedDescriptors) => self.stop_listening(link),
+            Err(e) => tracing::debug!(link = link.id, "cannot drain a signal socket: {e}"),
         }
     }
 

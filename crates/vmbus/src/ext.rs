@@ -56,9 +56,9 @@
 //! on and the sending end of the one it signals. To signal channel `relid`,
 //! a side sets the bit in the bitmap it writes and, only if the bit was
 //! clear, sends one byte on its sending end (`MSG_DONTWAIT`; a full buffer
-//! means the peer has wake-ups pending); the receiver, on each wake-up,
-//! drains its receiving end, then takes (swaps to zero) the words of the
-//! relids it serves. A link joins exactly two processes, so a hostile peer
+//! means the peer has wake-ups pending), unless the peer asked to be woken
+//! otherwise (below); the receiver, on each wake-up, drains its receiving
+//! end, then takes (swaps to zero) the words of the relids it serves. A link joins exactly two processes, so a hostile peer
 //! can disturb only the signals of its own channels.
 //!
 //! Each direction is its own `socketpair(AF_UNIX, SOCK_STREAM)`, and each
@@ -73,6 +73,29 @@
 //! writes holds the pipe's lock that our read waits for. Links last until either process goes away ([`ExtEvent::LinkClosed`] tells the
 //! other). Relids stay at or below [`MAX_RELID`] so that every channel has
 //! a bit.
+//!
+//! ## Waking a sleeping side
+//!
+//! A byte on a socket costs a `send`, and the receiver an `epoll_wait` and a
+//! `recv` to drain it; a futex costs one `FUTEX_WAKE` and one `FUTEX_WAIT`,
+//! about 2 us less per wake-up here. So each side has a wake area in the
+//! page after the bitmaps ([`GUEST_WAKE_AREA`], [`HOST_WAKE_AREA`]): a state
+//! saying how it wants to be woken, a futex word, and its features. A side
+//! sets [`WAKE_FEATURE_FUTEX`] in its features when it sees the link. When
+//! a side is about to sleep and its peer has that feature, it may sleep on
+//! its futex: it reads its futex word, stores [`WAKE_BY_FUTEX`] as its
+//! state, takes its bits once more (sequentially consistent, so that a
+//! peer that saw the old state set its bit before that look), and only if
+//! there were none waits in `FUTEX_WAIT` for the word it read. Otherwise it
+//! stores [`WAKE_BY_SOCKET`], takes its bits once more, and waits on its
+//! socket. Once awake it stores [`WAKE_NOT_NEEDED`]. To signal, a side sets
+//! the relid's bit and, only if it was clear, reads the peer's state:
+//! nothing more for [`WAKE_NOT_NEEDED`], increment and `FUTEX_WAKE` for
+//! [`WAKE_BY_FUTEX`], a byte on the socket for anything else. A side waiting
+//! on links to several peers waits on their sockets (one `epoll_wait`). A
+//! hostile peer can only wake us for nothing (a busy loop while it keeps
+//! changing the futex word, as a flood of bytes would be) or not wake us,
+//! on its own link.
 //!
 //! A channel learns its link: the guest from [`ExtEvent::ChannelLink`],
 //! sent just before a successful OPENCHANNEL_RESULT; the host process from
@@ -119,8 +142,44 @@ pub const EXT_MESSAGE_TYPE: u32 = 0x8000_4856;
 /// its writer has written (informational; see the module docs).
 pub const BYTES_WRITTEN_OFFSET: usize = 128;
 
-/// Bytes of a link's flags memfd: two bitmaps with a bit per relid.
-pub const LINK_FLAGS_BYTES: usize = 2 * LINK_BITMAP_BYTES;
+/// Bytes of a link's flags memfd: two bitmaps with a bit per relid, then a
+/// page with each side's wake area (see "Waking a sleeping side").
+pub const LINK_FLAGS_BYTES: usize = 2 * LINK_BITMAP_BYTES + 4096;
+
+/// Offset in a link's flags memfd of the guest's wake area: how the guest,
+/// as the side being woken, wants it done.
+pub const GUEST_WAKE_AREA: usize = 2 * LINK_BITMAP_BYTES;
+
+/// Offset in a link's flags memfd of the host process's wake area.
+pub const HOST_WAKE_AREA: usize = GUEST_WAKE_AREA + 256;
+
+/// Offset in a wake area of its owner's state (a u32 only the owner
+/// writes): [`WAKE_BY_SOCKET`], [`WAKE_NOT_NEEDED`] or [`WAKE_BY_FUTEX`].
+pub const WAKE_STATE: usize = 0;
+
+/// Offset in a wake area of the futex word its owner sleeps on (a u32 the
+/// waker increments before `FUTEX_WAKE`), a cache line after the state.
+pub const WAKE_FUTEX: usize = 64;
+
+/// Offset in a wake area of its owner's features (a u32 the owner sets
+/// once): [`WAKE_FEATURE_FUTEX`].
+pub const WAKE_FEATURES: usize = 128;
+
+/// Wake state: send a byte on the owner's signal socket (the state a new
+/// link starts in, and all that a side without the wake area knows).
+pub const WAKE_BY_SOCKET: u32 = 0;
+
+/// Wake state: the owner is awake and looks at its bits before it sleeps
+/// again; set the bit and do nothing else.
+pub const WAKE_NOT_NEEDED: u32 = 1;
+
+/// Wake state: the owner sleeps in `FUTEX_WAIT` on its [`WAKE_FUTEX`] word;
+/// increment the word, then `FUTEX_WAKE` it (a shared, not private, futex).
+pub const WAKE_BY_FUTEX: u32 = 2;
+
+/// Wake feature: the owner wakes its peer by futex when the peer asks for
+/// it, so the peer may sleep on its futex word instead of its socket.
+pub const WAKE_FEATURE_FUTEX: u32 = 1;
 
 /// Bytes of one bitmap of a link (a bit for each relid `0..=MAX_RELID`).
 pub const LINK_BITMAP_BYTES: usize = (MAX_RELID as usize + 1) / 8;

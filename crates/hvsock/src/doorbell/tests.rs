@@ -128,7 +128,12 @@ fn a_link_added_while_a_thread_polls_is_polled_too() {
         let (bell, first) = (bell.clone(), first.clone());
         thread::spawn(move || bell.wait(&first, seen, in_secs(20)).unwrap())
     };
-    thread::sleep(Duration::from_millis(50));
+    // The poller sleeps on the one link's futex; the second link's peer
+    // wakes by socket only, which that poller would not hear.
+    until(&bell, "the poller sleeps on the futex", |st| {
+        st.futex_polling
+    });
+    guest2.offer_futex_wakes(false);
     bell.add_link(Arc::try_unwrap(host2).unwrap()).unwrap();
     let second = bell.register(&bell.link(10).unwrap(), 2).unwrap();
     let seen2 = second.generation();
@@ -451,6 +456,8 @@ fn a_ring_dropped_on_a_full_socket_still_wakes_its_channel() {
     // The poller drains, takes the bits, and wakes the channel; each wake-up
     // leaves the socket empty, and later rings are heard again.
     let (guest, bell, link) = served_link();
+    // A peer that wakes by socket only: the poller waits in epoll.
+    guest.offer_futex_wakes(false);
     let served = 3;
     let signal = bell.register(&link, served).unwrap();
     let seen = signal.generation();
@@ -478,6 +485,115 @@ fn a_ring_dropped_on_a_full_socket_still_wakes_its_channel() {
             0,
             "round {round}: the socket was left with bytes in it"
         );
+    }
+    bell.stop();
+}
+
+/// The state the doorbell's end of `link` announced to its peer.
+fn announced(link: &Link) -> u32 {
+    link.wake_word(link.own_wake, WAKE_STATE)
+        .unwrap()
+        .load(Ordering::SeqCst)
+}
+
+#[test]
+fn one_futex_link_is_slept_on_by_futex_and_its_peer_sends_no_byte() {
+    let (guest, bell, link) = served_link();
+    let signal = bell.register(&link, 3).unwrap();
+    let unread = || rustix::io::ioctl_fionread(&link.incoming).unwrap();
+    for round in 0..3 {
+        let waiting = waiter(&bell, &signal, in_secs(20));
+        until(&bell, "the poller sleeps on the futex", |st| {
+            st.futex_polling
+        });
+        assert_eq!(announced(&link), WAKE_BY_FUTEX);
+        guest.ring(3).unwrap();
+        assert!(waiting.join().unwrap(), "round {round}: not woken");
+        assert_eq!(unread(), 0, "round {round}: a byte was sent");
+        // Awake now: the peer sets its bit and does nothing else; the next
+        // wait finds the bit in its look before sleeping.
+        assert_eq!(announced(&link), WAKE_NOT_NEEDED);
+        let seen = signal.generation();
+        guest.ring(3).unwrap();
+        assert_eq!(unread(), 0);
+        assert!(bell.wait(&signal, seen, in_secs(20)).unwrap());
+    }
+    bell.stop();
+}
+
+#[test]
+fn a_peer_that_offers_no_futex_wakes_is_waited_for_on_its_socket() {
+    let (guest, bell, link) = served_link();
+    guest.offer_futex_wakes(false);
+    let signal = bell.register(&link, 3).unwrap();
+    let waiting = waiter(&bell, &signal, in_secs(20));
+    until(&bell, "someone polls", |st| st.polling);
+    assert!(!bell.lock().futex_polling);
+    assert_eq!(announced(&link), WAKE_BY_SOCKET);
+    guest.ring(3).unwrap();
+    assert!(waiting.join().unwrap());
+    bell.stop();
+}
+
+#[test]
+fn a_peer_waiting_on_our_futex_word_takes_none_of_our_wake_ups() {
+    // The peer can wait on the word we sleep on (it is in its mapping too),
+    // and keep writing it: the peer's rings still wake us (a wake-up wakes
+    // every waiter), and local wake-ups go to a word of ours alone.
+    let (guest, bell, link) = served_link();
+    let signal = bell.register(&link, 3).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let thieves: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, guest) = (stop.clone(), guest.clone());
+            thread::spawn(move || {
+                // The same word as the peer maps it: the link's futex word,
+                // reached through the guest's mapping of the flags memfd.
+                let word = guest.wake_word(guest.peer_wake, WAKE_FUTEX).unwrap();
+                while !stop.load(Ordering::SeqCst) {
+                    let v = word.load(Ordering::SeqCst);
+                    let _ = futex::wait(
+                        word,
+                        futex::Flags::empty(),
+                        v,
+                        // Long enough to stay ahead of the poller in the
+                        // word's queue; short enough to end the test.
+                        Some(&futex::Timespec {
+                            tv_sec: 1,
+                            tv_nsec: 0,
+                        }),
+                    );
+                }
+            })
+        })
+        .collect();
+    for round in 0..20 {
+        // No deadline: a wake-up the thieves took would leave it asleep.
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let (bell, signal) = (bell.clone(), signal.clone());
+            let seen = signal.generation();
+            thread::spawn(move || tx.send(bell.wait(&signal, seen, None).unwrap()));
+        }
+        until(&bell, "the poller sleeps on the futex", |st| {
+            st.futex_polling
+        });
+        // Into the kernel's queue of the word, behind or before the thieves.
+        thread::sleep(Duration::from_millis(10));
+        if round % 2 == 0 {
+            guest.ring(3).unwrap();
+        } else {
+            bell.wake(&signal);
+        }
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(20)).ok(),
+            Some(true),
+            "round {round}: not woken"
+        );
+    }
+    stop.store(true, Ordering::SeqCst);
+    for t in thieves {
+        t.join().unwrap();
     }
     bell.stop();
 }
