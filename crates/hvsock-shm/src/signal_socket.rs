@@ -197,6 +197,15 @@ impl SignalReceiver {
         Ok(Self { fd, guarded })
     }
 
+    /// As [`from_fd`](Self::from_fd), but every drain guarded, as where the
+    /// kernel cannot refuse passed descriptors (before Linux 6.16), whatever
+    /// this one can do: for tests of that path on newer kernels.
+    #[doc(hidden)]
+    pub fn guarded_from_fd(fd: OwnedFd) -> Result<Self, Error> {
+        check_signal_socket(&fd)?;
+        Ok(Self { fd, guarded: true })
+    }
+
     /// Takes the wake-ups that arrived, without blocking; `true` if there
     /// were any. Call it on every wake-up, before looking at what woke you,
     /// so that the buffer never fills while you sleep.

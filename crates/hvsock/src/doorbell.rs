@@ -70,6 +70,9 @@ pub(crate) struct Link {
     incoming: SignalReceiver,
     /// We signal it; the peer waits on its other end.
     outgoing: SignalSender,
+    /// Its peer passed descriptors: a reaper thread owns the receiving
+    /// socket now, and we never drain it again.
+    reaped: AtomicBool,
 }
 
 impl Link {
@@ -126,6 +129,7 @@ impl Link {
             peer_wake,
             incoming,
             outgoing,
+            reaped: AtomicBool::new(false),
         };
         link.offer_futex_wakes(true);
         link
@@ -491,6 +495,9 @@ impl Doorbell {
     /// never holds up this thread or the doorbell. The peer's channels get
     /// no more wake-ups; everyone else's are untouched.
     fn stop_listening(&self, link: &Link) {
+        if link.reaped.swap(true, Ordering::SeqCst) {
+            return;
+        }
         tracing::warn!(
             link = link.id,
             "a peer attached file descriptors to a wake-up on its signal link, which the \
@@ -538,6 +545,7 @@ impl Doorbell {
         }
         let signal = Arc::new(Signal::default());
         let mut st = self.lock();
+        let new_link = !st.links.contains_key(&link.id);
         let entry = match st.links.entry(link.id) {
             std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
             std::collections::hash_map::Entry::Vacant(entry) => {
@@ -561,6 +569,10 @@ impl Doorbell {
         let mut wakers = Vec::new();
         if Self::take_word(entry, relid / 32, &mut wakers) {
             self.parked.notify_all();
+        }
+        if new_link {
+            // A poller on another link's futex would not hear this one.
+            self.kick_poller(&st);
         }
         drop(st);
         wakers.into_iter().for_each(Waker::wake);
@@ -794,8 +806,12 @@ impl Doorbell {
         Fired::Nothing
     }
 
-    /// Empties a link's socket of the bytes its peer sent.
+    /// Empties a link's socket of the bytes its peer sent (unless a reaper
+    /// owns it).
     fn drain(&self, link: &Link) {
+        if link.reaped.load(Ordering::SeqCst) {
+            return;
+        }
         match link.incoming.drain() {
             Ok(_) => {}
             Err(hvsock_shm::Error::PeerPassedDescriptors) => self.stop_listening(link),

@@ -597,3 +597,78 @@ fn a_peer_waiting_on_our_futex_word_takes_none_of_our_wake_ups() {
     }
     bell.stop();
 }
+
+fn reaper_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.trim() == "hvsock-reaper")
+        .count()
+}
+
+#[test]
+fn a_link_left_to_its_reaper_is_not_drained_again_by_the_poller() {
+    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+    // A good peer on link 9, and a hostile one on link 10 that attaches
+    // descriptors to its wake-ups, where the receiving end is guarded (as
+    // before Linux 6.16, when the kernel cannot refuse them).
+    let (guest, bell, link) = served_link();
+    let good = bell.register(&link, 3).unwrap();
+    let memory = SharedMemory::create("hostile-link", LINK_FLAGS_BYTES).unwrap();
+    let pair = || {
+        socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )
+        .unwrap()
+    };
+    let (our_recv, hostile_send) = pair();
+    let (our_send, _hostile_recv) = pair();
+    let hostile = Link::new(
+        10,
+        Side::Host,
+        Mapping::new(&memory).unwrap(),
+        SignalReceiver::guarded_from_fd(our_recv).unwrap(),
+        SignalSender::from_fd(our_send).unwrap(),
+    );
+    bell.add_link(hostile).unwrap();
+    let _hostile_channel = bell.register(&bell.link(10).unwrap(), 3).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let peer = {
+        let stop = stop.clone();
+        let bits = Mapping::new(&memory).unwrap();
+        thread::spawn(move || {
+            let word = bits.atomic_u32(GUEST_TO_HOST_FLAGS).unwrap();
+            let passed = EventFd::new().unwrap();
+            while !stop.load(Ordering::SeqCst) {
+                // Its bit stays set, and descriptors keep coming.
+                word.fetch_or(1 << 3, Ordering::SeqCst);
+                let _ = hvsock_shm::send_with_fds(&hostile_send, &[1], &[passed.as_fd()]);
+                thread::sleep(Duration::from_micros(200));
+            }
+            hostile_send
+        })
+    };
+    // The good peer's channel is waited for as usual, many times.
+    for _ in 0..200 {
+        let seen = good.generation();
+        guest.ring(3).unwrap();
+        assert!(bell.wait(&good, seen, in_secs(20)).unwrap());
+        let _ = bell.wait(
+            &good,
+            good.generation(),
+            Some(Instant::now() + Duration::from_millis(1)),
+        );
+    }
+    let reapers = reaper_threads();
+    stop.store(true, Ordering::SeqCst);
+    // Its end closes: the reaper ends.
+    drop(peer.join().unwrap());
+    bell.stop();
+    assert_eq!(
+        reapers, 1,
+        "one reaper for the hostile link, not one per look at its bits"
+    );
+}
