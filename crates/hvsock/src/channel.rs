@@ -411,14 +411,27 @@ impl ChannelIo {
         // signal it. Unmasked and re-checked (fenced), so that whatever the
         // writer published unsignalled is seen, and handed on.
         if rx.spinning && matches!(got, Ok(Some(_))) {
-            rx.spinning = false;
-            let more = rx.reader.ring_mut().unmask().map_err(|c| self.reset(c))?;
+            let more = self.ask_for_data(&mut rx)?;
             if more > 0 || rx.reader.partial_bytes() > 0 {
                 drop(rx);
                 self.wake();
             }
         }
         got
+    }
+
+    /// Asks the writer to signal again (unmasks, if a spin masked) and
+    /// re-checks: `available` (and `unmask`) fence after our stores,
+    /// pairing with the writer's fence between publishing and loading the
+    /// mask and read_index. Returns the bytes available.
+    fn ask_for_data(&self, rx: &mut Rx) -> io::Result<u32> {
+        let ring = rx.reader.ring_mut();
+        if std::mem::take(&mut rx.spinning) {
+            ring.unmask()
+        } else {
+            ring.available()
+        }
+        .map_err(|c| self.reset(c))
     }
 
     fn receive(
@@ -459,17 +472,8 @@ impl ChannelIo {
                 }
                 return Ok(None);
             }
-            // The re-check before sleeping: `available` (and `unmask`)
-            // fence after our stores, pairing with the writer's fence
-            // between publishing and loading the mask and read_index.
-            let available = if rx.spinning {
-                rx.spinning = false;
-                rx.reader.ring_mut().unmask()
-            } else {
-                rx.reader.ring_mut().available()
-            }
-            .map_err(|c| self.reset(c))?;
-            if available == 0 {
+            // The re-check before sleeping.
+            if self.ask_for_data(rx)? == 0 {
                 return Ok(None);
             }
         }
@@ -481,19 +485,25 @@ impl ChannelIo {
         // As in `try_receive`: a spinner that wrote asks for room again
         // (pending_send_sz), re-checks, and hands on room it sees to
         // another thread of ours that may be asleep.
-        if tx.spinning && matches!(wrote, Ok(Some(_))) {
-            tx.spinning = false;
-            tx.writer.ring().set_pending_send_size(tx.pending);
-            tx.writer
-                .ring_mut()
-                .space_after_arming(0)
-                .map_err(|c| self.reset(c))?;
-            if tx.writer.cached_writable() > 0 {
-                drop(tx);
-                self.wake();
-            }
+        if tx.spinning && matches!(wrote, Ok(Some(_))) && self.ask_for_room(&mut tx)? {
+            drop(tx);
+            self.wake();
         }
         wrote
+    }
+
+    /// Asks the reader to signal room again (restores `pending_send_sz`,
+    /// if a spin withdrew it) and re-checks: the fence after that store,
+    /// then `read_index` reloaded. Returns whether there is room to write.
+    fn ask_for_room(&self, tx: &mut Tx) -> io::Result<bool> {
+        if std::mem::take(&mut tx.spinning) {
+            tx.writer.ring().set_pending_send_size(tx.pending);
+        }
+        tx.writer
+            .ring_mut()
+            .space_after_arming(0)
+            .map_err(|c| self.reset(c))?;
+        Ok(tx.writer.cached_writable() > 0)
     }
 
     fn send(&self, tx: &mut Tx, buf: &[u8], how: Attempt) -> io::Result<Option<usize>> {
@@ -546,17 +556,8 @@ impl ChannelIo {
                 }
                 return Ok(None);
             }
-            if tx.spinning {
-                tx.spinning = false;
-                tx.writer.ring().set_pending_send_size(tx.pending);
-            }
-            // The re-check before sleeping: fence (after the pending_send_sz
-            // store too), reload read_index.
-            tx.writer
-                .ring_mut()
-                .space_after_arming(0)
-                .map_err(|c| self.reset(c))?;
-            if tx.writer.cached_writable() == 0 {
+            // The re-check before sleeping.
+            if !self.ask_for_room(tx)? {
                 return Ok(None);
             }
         }

@@ -110,15 +110,7 @@ fn nonblocking_operations_would_block_and_timeouts_expire() {
         ErrorKind::TimedOut
     );
     // Fill the guest's ring: writes then would block, and nothing is lost.
-    let chunk = vec![1u8; 100_000];
-    let mut written = 0;
-    loop {
-        match guest.write(&chunk, NOWAIT) {
-            Ok(n) => written += n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-            Err(e) => panic!("{e}"),
-        }
-    }
+    let written = fill(&guest);
     assert!(written > 0 && written < 20480, "{written}");
     let mut got = 0;
     let mut big = vec![0u8; 100_000];
@@ -252,6 +244,20 @@ fn control_word(io: &ChannelIo, rx: bool, word: usize) -> u32 {
         lock(&io.rx).reader.ring().mem().load_control(word, Relaxed)
     } else {
         lock(&io.tx).writer.ring().mem().load_control(word, Relaxed)
+    }
+}
+
+/// Fills `io`'s sending ring (writes then would block); returns the bytes
+/// written.
+fn fill(io: &ChannelIo) -> usize {
+    let chunk = vec![1u8; 100_000];
+    let mut written = 0;
+    loop {
+        match io.write(&chunk, NOWAIT) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return written,
+            Err(e) => panic!("{e}"),
+        }
     }
 }
 
@@ -446,15 +452,7 @@ fn a_writer_asleep_beside_a_spinning_one_is_woken_for_the_next_room() {
     use vmbus_ring::mem::word::PENDING_SEND_SIZE;
     let (guest, host) = pair(6, 6);
     // Fill the guest's ring.
-    let chunk = vec![1u8; 100_000];
-    let mut written = 0;
-    loop {
-        match guest.write(&chunk, NOWAIT) {
-            Ok(n) => written += n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-            Err(e) => panic!("{e}"),
-        }
-    }
+    let written = fill(&guest);
     let asked = control_word(&guest, false, PENDING_SEND_SIZE);
     assert!(asked > 0);
     guest.set_busy_poll(Some(Duration::from_secs(20)));
@@ -496,8 +494,7 @@ fn a_writer_asleep_beside_a_spinning_one_is_woken_for_the_next_room() {
     );
 }
 
-/// Behaviour only (runs on the parent commit too): two clones both
-/// busy-polling with the same setting, started 150 ms apart.
+/// Two clones busy-polling with the same setting, started 150 ms apart.
 #[test]
 fn two_busy_polling_readers_get_one_byte_each() {
     let (guest, host) = pair(6, 6);
@@ -526,20 +523,12 @@ fn two_busy_polling_readers_get_one_byte_each() {
     );
 }
 
-/// Behaviour only (runs on the parent commit too): two clones writing to a
-/// full ring, both busy-polling with the same setting, started 150 ms apart.
+/// Two clones writing to a full ring, busy-polling with the same setting,
+/// started 150 ms apart.
 #[test]
 fn two_busy_polling_writers_write_one_byte_each() {
     let (guest, host) = pair(6, 6);
-    let chunk = vec![1u8; 100_000];
-    let mut written = 0;
-    loop {
-        match guest.write(&chunk, NOWAIT) {
-            Ok(n) => written += n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-            Err(e) => panic!("{e}"),
-        }
-    }
+    let written = fill(&guest);
     guest.set_busy_poll(Some(Duration::from_millis(300)));
     let writer = |guest: Arc<ChannelIo>, byte: &'static [u8]| {
         std::thread::spawn(move || {
