@@ -89,7 +89,15 @@ impl Link {
                 ),
             )
         })?;
-        let memory = SharedMemory::from_fd(flags, LINK_FLAGS_BYTES).map_err(shm_io)?;
+        let memory = SharedMemory::from_fd(flags, LINK_FLAGS_BYTES).map_err(|e| {
+            err(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the host's memory for signal link {id} is unusable: {e} (is the host \
+                     daemon from another version of hvsock?)"
+                ),
+            )
+        })?;
         Ok(Self::new(
             id,
             side,

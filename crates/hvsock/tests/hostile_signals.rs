@@ -36,7 +36,9 @@ use hvsock_shm::{
     ring_pair, send_with_fds, signal_pair, EventFd, Mapping, SharedMemory, PAGE_SIZE,
 };
 use rustix::net::sockopt::{set_socket_timeout, Timeout};
-use vmbus::ext::{encode_ext, Datagram, ExtEvent, ExtRequest, RingLayout, LINK_FLAGS_BYTES};
+use vmbus::ext::{
+    encode_ext, Datagram, ExtEvent, ExtRequest, RingLayout, LINK_BITMAP_BYTES, LINK_FLAGS_BYTES,
+};
 use vmbus::{GpadlAssembler, Message};
 use vmbus_ring::init_control_page;
 use vmbus_ring::layout::FEATURE_PENDING_SEND_SIZE;
@@ -250,7 +252,7 @@ fn a_link_with_bad_descriptors_fails_its_channels_only() {
     drop(stream.join().unwrap().expect("a link made right by hand"));
 
     type Make = fn() -> Vec<OwnedFd>;
-    let kinds: [(&str, Make); 10] = [
+    let kinds: [(&str, Make); 11] = [
         ("no descriptors", Vec::new),
         ("only 2 descriptors", || vec![good_flags(), wait_end()]),
         ("4 descriptors", || {
@@ -266,6 +268,13 @@ fn a_link_with_bad_descriptors_fails_its_channels_only() {
         ("a flags memfd too small", || {
             vec![
                 flags_memfd(PAGE_SIZE, SealFlags::SHRINK | SealFlags::GROW),
+                wait_end(),
+                signal_end(),
+            ]
+        }),
+        ("a flags memfd of the size before the wake areas", || {
+            vec![
+                flags_memfd(2 * LINK_BITMAP_BYTES, SealFlags::SHRINK | SealFlags::GROW),
                 wait_end(),
                 signal_end(),
             ]
@@ -328,6 +337,12 @@ fn a_link_with_bad_descriptors_fails_its_channels_only() {
             error.to_string().contains("descriptors were refused"),
             "{what}: the error does not say what was wrong: {error}"
         );
+        if what.contains("before the wake areas") {
+            assert!(
+                error.to_string().contains("another version of hvsock"),
+                "{what}: the error does not point at a version mismatch: {error}"
+            );
+        }
         eprintln!("{what}: {error}");
         expect_closed(&conn, relid, what);
         // The guest goes on, on its good link.
