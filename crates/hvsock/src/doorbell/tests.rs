@@ -672,3 +672,42 @@ fn a_link_left_to_its_reaper_is_not_drained_again_by_the_poller() {
         "one reaper for the hostile link, not one per look at its bits"
     );
 }
+
+#[test]
+fn a_peer_rewriting_our_futex_word_only_makes_the_poller_loop() {
+    // The peer may write the word we sleep on at will: each change sends
+    // our futex wait back at once. Rings and local wake-ups still arrive,
+    // and a deadline still ends a wait.
+    let (guest, bell, link) = served_link();
+    let signal = bell.register(&link, 3).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let (stop, guest) = (stop.clone(), guest.clone());
+        thread::spawn(move || {
+            let word = guest.wake_word(guest.peer_wake, WAKE_FUTEX).unwrap();
+            while !stop.load(Ordering::SeqCst) {
+                word.fetch_add(1, Ordering::SeqCst);
+                std::hint::spin_loop();
+            }
+        })
+    };
+    for round in 0..10 {
+        let waiting = waiter(&bell, &signal, in_secs(20));
+        thread::sleep(Duration::from_millis(5));
+        if round % 2 == 0 {
+            guest.ring(3).unwrap();
+        } else {
+            bell.wake(&signal);
+        }
+        assert!(waiting.join().unwrap(), "round {round}: not woken");
+    }
+    let seen = signal.generation();
+    let started = Instant::now();
+    assert!(!bell
+        .wait(&signal, seen, Some(started + Duration::from_millis(100)))
+        .unwrap());
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    stop.store(true, Ordering::SeqCst);
+    churn.join().unwrap();
+    bell.stop();
+}
