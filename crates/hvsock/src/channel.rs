@@ -571,9 +571,8 @@ impl ChannelIo {
     /// Puts the FIN in the ring without waking the peer, for a channel that
     /// is being closed at once: the close wakes the peer (it is told the
     /// channel is gone and then reads up to the FIN). Used where a lock is
-    /// held that other channels need, since writing a hostile peer's
-    /// eventfd could block (the peer shares its open file and can make it
-    /// blocking and full).
+    /// held that other channels need: a wake-up can be a system call, and
+    /// the close tells the peer anyway.
     pub(crate) fn shutdown_write_for_close(&self) -> io::Result<()> {
         self.send_fin(false)
     }

@@ -1492,7 +1492,7 @@ fn describe_event(event: &ExtEvent) -> String {
         ),
         ExtEvent::HostRevoked { conn, reason } => format!("connection {conn} revoked: {reason}"),
         ExtEvent::Link { link } => {
-            format!("signal link {link} (+ flags memfd and 2 eventfds)")
+            format!("signal link {link} (+ flags memfd and 2 signal sockets)")
         }
         ExtEvent::ChannelLink { relid, link } => {
             format!("channel {relid} signals through link {link}")
