@@ -18,11 +18,11 @@
 //! that fired (so that their buffers never fill). Either way it tells the
 //! peers how to wake it before it sleeps and looks at the bits once more,
 //! takes the bits, bumps the generation of each channel named, and wakes
-//! the threads parked for those channels. A thread waiting for a channel becomes the
-//! poller when nobody is; when a poller leaves (its own channel fired), it
-//! hands the role to a parked thread. A process that only waits in one
-//! thread thus sleeps in `epoll_wait` itself and pays no extra context
-//! switch.
+//! the threads parked for those channels. A thread waiting for a channel
+//! becomes the poller when nobody is; when a poller leaves (its own channel
+//! fired), it hands the role to a parked thread. A process that only waits
+//! in one thread thus sleeps in `futex_waitv` or `epoll_wait` itself and
+//! pays no extra context switch.
 //! Async tasks and callers of a stream's readiness descriptor have no thread
 //! waiting for them, so for them a background thread takes the poller role
 //! whenever no application thread holds it.
@@ -383,7 +383,7 @@ enum Sleep {
 
 /// What a sleep returned.
 enum Fired<'e> {
-    /// Nothing to drain: the caller looks at the bits (futex, or no sleep).
+    /// No events: the caller looks at the bits (futex, or no sleep).
     Nothing,
     /// Epoll's events.
     Events(&'e mut [epoll::Event]),
@@ -695,7 +695,10 @@ impl Doorbell {
                     ref link,
                     futex_seen,
                     kick_seen,
-                } => Ok(self.sleep_on_futex(link, futex_seen, kick_seen, remaining)),
+                } => {
+                    self.sleep_on_futex(link, futex_seen, kick_seen, remaining);
+                    Ok(Fired::Nothing)
+                }
             };
             st = self.lock();
             st.polling = false;
@@ -776,9 +779,9 @@ impl Doorbell {
         futex_seen: u32,
         kick_seen: u32,
         timeout: Option<Duration>,
-    ) -> Fired<'static> {
+    ) {
         let Some(word) = link.own_futex() else {
-            return Fired::Nothing;
+            return;
         };
         let mut waiters = [futex::Wait::new(), futex::Wait::new()];
         // Shared, not private: the peer process wakes it.
@@ -789,14 +792,10 @@ impl Doorbell {
         waiters[1].val = u64::from(kick_seen);
         waiters[1].flags = futex::WaitFlags::SIZE_U32 | futex::WaitFlags::PRIVATE;
         // futex_waitv's timeout is a point on the monotonic clock.
-        let deadline = timeout.map(|t| {
-            let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-            let t = t.min(Duration::from_secs(86_400));
-            let nanos = now.tv_nsec + i64::from(t.subsec_nanos());
-            futex::Timespec {
-                tv_sec: now.tv_sec + t.as_secs() as i64 + nanos / 1_000_000_000,
-                tv_nsec: nanos % 1_000_000_000,
-            }
+        // A day at most per call, as in `poll_links`: callers loop.
+        let deadline = timeout.and_then(|t| {
+            let t = futex::Timespec::try_from(t.min(Duration::from_secs(86_400))).ok()?;
+            rustix::time::clock_gettime(rustix::time::ClockId::Monotonic).checked_add(t)
         });
         match futex::waitv(
             &waiters,
@@ -804,14 +803,15 @@ impl Doorbell {
             deadline.as_ref(),
             futex::ClockId::Monotonic,
         ) {
-            Ok(_) | Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => {}
-            Err(rustix::io::Errno::TIMEDOUT) => {}
+            Ok(_)
+            | Err(
+                rustix::io::Errno::AGAIN | rustix::io::Errno::INTR | rustix::io::Errno::TIMEDOUT,
+            ) => {}
             Err(e) => {
                 tracing::debug!("futex_waitv failed ({e}); waiting on the signal sockets instead");
                 self.futex_works.store(false, Ordering::Relaxed);
             }
         }
-        Fired::Nothing
     }
 
     /// Empties a link's socket of the bytes its peer sent (unless a reaper
