@@ -411,7 +411,9 @@ impl ChannelIo {
         // signal it. Unmasked and re-checked (fenced), so that whatever the
         // writer published unsignalled is seen, and handed on.
         if rx.spinning && matches!(got, Ok(Some(_))) {
-            let more = self.ask_for_data(&mut rx)?;
+            // A broken ring found here resets the connection (the next call
+            // says so); the bytes already taken are still this call's.
+            let more = self.ask_for_data(&mut rx).unwrap_or(0);
             if more > 0 || rx.reader.partial_bytes() > 0 {
                 drop(rx);
                 self.wake();
@@ -485,7 +487,12 @@ impl ChannelIo {
         // As in `try_receive`: a spinner that wrote asks for room again
         // (pending_send_sz), re-checks, and hands on room it sees to
         // another thread of ours that may be asleep.
-        if tx.spinning && matches!(wrote, Ok(Some(_))) && self.ask_for_room(&mut tx)? {
+        // As there: a broken ring resets the connection, and the bytes
+        // already published are still reported.
+        if tx.spinning
+            && matches!(wrote, Ok(Some(_)))
+            && self.ask_for_room(&mut tx).unwrap_or(false)
+        {
             drop(tx);
             self.wake();
         }
