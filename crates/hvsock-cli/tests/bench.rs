@@ -113,6 +113,25 @@ fn quick_json_has_the_documented_shape() {
         );
         assert!(floor["ratio_uds"].is_number(), "{floor}");
     }
+    // Every set-up row is taken apart into its phases, measured in both
+    // directions of hvsock (the bench connects for host to guest, its peer
+    // for the others).
+    for r in results.iter().filter(|r| r["case"] == "setup") {
+        for phase in ["connect_us", "exchange_us", "close_us"] {
+            assert!(
+                r[phase].as_f64().is_some_and(|us| us > 0.0),
+                "{phase} missing: {r}"
+            );
+        }
+    }
+    for dir in ["g2h", "h2g"] {
+        assert!(
+            results.iter().any(|r| r["case"] == "setup"
+                && r["transport"] == "hvsock"
+                && r["direction"] == dir),
+            "no hvsock set-up row for {dir}"
+        );
+    }
     // Every Unix-socket row is its own reference.
     for r in results.iter().filter(|r| r["transport"] == "uds") {
         if r["value"].is_number() {

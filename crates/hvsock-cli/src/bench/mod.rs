@@ -1124,7 +1124,7 @@ impl Env {
     ) -> anyhow::Result<Sample> {
         let daemon_cpu0 = self.daemon_pid().and_then(sys::proc_cpu_seconds);
         let cpu0 = sys::cpu_seconds();
-        let (elapsed, cpu_peer) = if dir == Dir::H2g && t == T::Daemon {
+        let (cycles, cpu_peer) = if dir == Dir::H2g && t == T::Daemon {
             // The guest listens; the host (us) connects.
             let port = self.port();
             let job = Job {
@@ -1138,23 +1138,15 @@ impl Env {
                 bail!("unexpected report from the peer: {v}");
             }
             let addr = HvAddr::from_vsock_port(self.vm_id, port);
-            let start = Instant::now();
-            let mut byte = [0u8; 1];
-            for i in 0..count {
-                let s = HvStream::connect_timeout(
-                    self.host.as_ref().context("no host")?,
-                    addr,
-                    Duration::from_secs(10),
-                )
-                .with_context(|| format!("connection {}", i + 1))?;
-                let mut c = Conn::new(Stream::Hv(s), false)?;
-                c.write_all(&[7])?;
-                c.read_exact(&mut byte)?;
-            }
-            let elapsed = start.elapsed().as_secs_f64();
+            let host = self.host.as_ref().context("no host")?;
+            let cycles = peer::connect_cycles(count, |i| {
+                let s = HvStream::connect_timeout(host, addr, Duration::from_secs(10))
+                    .with_context(|| format!("connection {}", i + 1))?;
+                Ok(Conn::new(Stream::Hv(s), false)?)
+            })?;
             let done = peer.next()?;
             peer.finish()?;
-            (elapsed, done.get("cpu_s").and_then(Value::as_f64))
+            (cycles, done.get("cpu_s").and_then(Value::as_f64))
         } else {
             let (listener, reach) = self.listen(t, pages, 1024)?;
             let job = Job {
@@ -1169,17 +1161,17 @@ impl Env {
             }
             let done = peer.next()?;
             peer.finish()?;
-            let elapsed = done
-                .get("elapsed_s")
-                .and_then(Value::as_f64)
-                .context("the peer sent no time")?;
-            (elapsed, done.get("cpu_s").and_then(Value::as_f64))
+            let cycles = peer::Cycles::from_json(&done).context("the peer sent no time")?;
+            (cycles, done.get("cpu_s").and_then(Value::as_f64))
         };
         let cpu_here = sys::cpu_seconds() - cpu0;
         let mut s = Sample {
-            value: count as f64 / elapsed,
+            value: count as f64 / cycles.elapsed_s,
             ..Sample::default()
         };
+        s.extras.insert("connect_us", cycles.connect_us);
+        s.extras.insert("exchange_us", cycles.exchange_us);
+        s.extras.insert("close_us", cycles.close_us);
         let per = |cpu: f64| cpu / count as f64 * 1e6;
         s.extras.insert("cpu_us_per_conn_bench", per(cpu_here));
         s.extras
@@ -1533,7 +1525,7 @@ fn print_table(results: &[Value], machine: &sys::Machine, sizes: &Sizes) {
         let extra_head = match case {
             "throughput" => "| cpu s/GiB (writer+reader) | x C ring |",
             "rtt" => "| p99 us | p99.9 us | cpu us/rtt | x UDS blocking |",
-            "setup" => "| cpu us/conn (bench, peer, daemon) |",
+            "setup" => "| connect, exchange, close us (p50) | cpu us/conn (bench, peer, daemon) |",
             _ => "| reached | fds/conn (bench, peer, daemon) | RSS KiB/conn (bench, peer, daemon) | ring KiB/conn |",
         };
         println!(
@@ -1566,7 +1558,10 @@ fn print_table(results: &[Value], machine: &sys::Machine, sizes: &Sizes) {
                     fmt(num(r.get("ratio_uds_blocking")))
                 ),
                 "setup" => format!(
-                    "| {}, {}, {} |",
+                    "| {}, {}, {} | {}, {}, {} |",
+                    fmt(num(r.get("connect_us"))),
+                    fmt(num(r.get("exchange_us"))),
+                    fmt(num(r.get("close_us"))),
                     fmt(num(r.get("cpu_us_per_conn_bench"))),
                     fmt(num(r.get("cpu_us_per_conn_peer"))),
                     fmt(num(r.get("cpu_us_per_conn_daemon")))

@@ -203,21 +203,18 @@ fn work(job: &Job, ctl: &mut dyn Ctl, embedded: Option<&EmbeddedHost>) -> anyhow
         Work::Floor { .. } => bail!("the wake-up floor needs its shared page"),
         Work::SetupConnect { count } => {
             let cpu = sys::cpu_seconds();
-            let start = Instant::now();
-            let mut byte = [0u8; 1];
-            for i in 0..count {
-                let mut c = Conn::new(
+            let cycles = connect_cycles(count, |i| {
+                Conn::new(
                     side.connect()
                         .with_context(|| format!("connection {}", i + 1))?,
                     false,
-                )?;
-                c.write_all(&[7])?;
-                c.read_exact(&mut byte)?;
-            }
-            let elapsed = start.elapsed().as_secs_f64();
-            ctl.send(
-                json!({ "done": true, "elapsed_s": elapsed, "cpu_s": sys::cpu_seconds() - cpu }),
-            );
+                )
+                .map_err(Into::into)
+            })?;
+            let mut done = cycles.to_json();
+            done["done"] = json!(true);
+            done["cpu_s"] = json!(sys::cpu_seconds() - cpu);
+            ctl.send(done);
         }
         Work::SetupAccept { count } => {
             let listener = side.listen(1024).context("listening in the guest")?;
@@ -277,6 +274,78 @@ fn work(job: &Job, ctl: &mut dyn Ctl, embedded: Option<&EmbeddedHost>) -> anyhow
 
 /// One set-up round on the accepting side: 1 byte in, 1 byte out, then the
 /// end of the stream.
+/// What [`connect_cycles`] measured: the whole time, and the median of
+/// each phase of a cycle.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cycles {
+    pub elapsed_s: f64,
+    /// `connect` returning a usable stream.
+    pub connect_us: f64,
+    /// One byte each way on the new stream.
+    pub exchange_us: f64,
+    /// Dropping the stream (the close the caller waits for).
+    pub close_us: f64,
+}
+
+impl Cycles {
+    pub fn to_json(self) -> Value {
+        json!({
+            "elapsed_s": self.elapsed_s,
+            "connect_us": self.connect_us,
+            "exchange_us": self.exchange_us,
+            "close_us": self.close_us,
+        })
+    }
+
+    /// Read back from a peer's report; `None` if the time is missing.
+    pub fn from_json(v: &Value) -> Option<Cycles> {
+        let f = |k: &str| v.get(k).and_then(Value::as_f64);
+        Some(Cycles {
+            elapsed_s: f("elapsed_s")?,
+            connect_us: f("connect_us").unwrap_or(f64::NAN),
+            exchange_us: f("exchange_us").unwrap_or(f64::NAN),
+            close_us: f("close_us").unwrap_or(f64::NAN),
+        })
+    }
+}
+
+/// The set-up case's client side: `count` times connect (with
+/// `connect(i)`), write one byte, read the echo, close. Times each phase,
+/// so that the rate can be taken apart.
+pub fn connect_cycles(
+    count: usize,
+    mut connect: impl FnMut(usize) -> anyhow::Result<Conn>,
+) -> anyhow::Result<Cycles> {
+    let mut phases: [Vec<Duration>; 3] = Default::default();
+    let mut byte = [0u8; 1];
+    let start = Instant::now();
+    for i in 0..count {
+        let t0 = Instant::now();
+        let mut c = connect(i)?;
+        let t1 = Instant::now();
+        c.write_all(&[7])?;
+        c.read_exact(&mut byte)?;
+        let t2 = Instant::now();
+        drop(c);
+        let t3 = Instant::now();
+        for (phase, d) in phases.iter_mut().zip([t1 - t0, t2 - t1, t3 - t2]) {
+            phase.push(d);
+        }
+    }
+    let elapsed_s = start.elapsed().as_secs_f64();
+    let [connect_us, exchange_us, close_us] = phases.map(|mut v| {
+        v.sort_unstable();
+        v.get(v.len() / 2)
+            .map_or(f64::NAN, |d| d.as_secs_f64() * 1e6)
+    });
+    Ok(Cycles {
+        elapsed_s,
+        connect_us,
+        exchange_us,
+        close_us,
+    })
+}
+
 pub fn serve_one(mut c: Conn) -> anyhow::Result<()> {
     let mut byte = [0u8; 1];
     c.read_exact(&mut byte)?;
