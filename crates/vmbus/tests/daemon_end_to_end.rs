@@ -797,3 +797,84 @@ fn the_embedded_host_runs_the_same_loop() {
         "dropping the host closes its clients"
     );
 }
+
+/// The module docs of the event loop: no descriptor a client chose is
+/// closed for the last time on the loop's thread. A GPADL_HEADER that needs
+/// bodies used to park its descriptor in the server until the last body
+/// (and check it was a memfd only then); the loop's copy went to the closer
+/// at once, so the server's later drop (here when the guest goes) was the
+/// last close, on the loop, for as long as a lingering socket takes.
+#[test]
+fn a_parked_gpadl_descriptor_is_not_closed_last_on_the_loop() {
+    use rustix::net::sockopt;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+
+    let d = Running::start(&["alpha"]);
+    let control_client = client(&d.socket);
+    let g = guest(&d.vm_socket("alpha"));
+
+    // A TCP socket whose close lingers: unsent data behind a full window.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    sockopt::set_socket_recv_buffer_size(&listener, 4096).unwrap();
+    let tcp = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (_peer, _) = listener.accept().unwrap();
+    sockopt::set_socket_send_buffer_size(&tcp, 4096).unwrap();
+    tcp.set_nonblocking(true).unwrap();
+    let chunk = [0u8; 4096];
+    let mut tries = 5;
+    loop {
+        match (&tcp).write(&chunk) {
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && tries > 0 => {
+                tries -= 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    sockopt::set_socket_linger(&tcp, Some(Duration::from_secs(3))).unwrap();
+
+    // A header that needs bodies (relid 1, handle 9), carrying the TCP
+    // socket.
+    let gpadl = Gpadl::ring(1, 9, (0..64u64).collect());
+    let (header, bodies) = gpadl.split().unwrap();
+    assert!(!bodies.is_empty());
+    send_vmbus(&g, Message::GpadlHeader(header), &[&tcp]);
+    // Processed once the daemon answered what came next.
+    send_vmbus(&g, Message::RequestOffers, &[]);
+    // Refused at once, before its bodies: the descriptor is not a memfd.
+    let mut refused = false;
+    loop {
+        match recv_vmbus(&g) {
+            Message::AllOffersDelivered => break,
+            Message::GpadlCreated {
+                gpadl: 9,
+                creation_status,
+                ..
+            } => refused = creation_status != 0,
+            _ => {}
+        }
+    }
+    assert!(
+        refused,
+        "a GPADL header with a socket was parked, not refused"
+    );
+    drop(tcp);
+
+    // The guest goes; the server drops its session (and, before the fix,
+    // the parked socket, for the last time, on the loop's thread).
+    drop(g);
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    let ExtEvent::VmList { .. } = control::request(&control_client, &ExtRequest::VmList).unwrap()
+    else {
+        panic!()
+    };
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "the loop was stuck {took:?} in a client's close"
+    );
+}

@@ -1028,6 +1028,20 @@ impl Server {
         let Some(session) = self.session(client) else {
             return;
         };
+        // Refused now, not when the last body comes: the event loop holds
+        // its own copy of any other kind of descriptor only while this
+        // datagram is handled, and a descriptor parked here and dropped
+        // later (a socket lingering on close) would be closed for the last
+        // time on the loop's thread, stalling every VM.
+        if rustix::fs::fcntl_get_seals(&fd).is_err() {
+            tracing::warn!(
+                client = client.0,
+                "GPADL {:#x} refused: its descriptor is not a memfd",
+                header.gpadl()
+            );
+            self.gpadl_created(client, header.child_relid(), header.gpadl(), false);
+            return;
+        }
         match session.assembler.header(header) {
             Ok(Some(gpadl)) => self.gpadl_complete(client, gpadl, fd),
             Ok(None) => {
