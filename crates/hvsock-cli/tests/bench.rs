@@ -113,9 +113,9 @@ fn quick_json_has_the_documented_shape() {
         );
         assert!(floor["ratio_uds"].is_number(), "{floor}");
     }
-    // Every set-up row is taken apart into its phases, measured in both
-    // directions of hvsock (the bench connects for host to guest, its peer
-    // for the others).
+    // Every set-up row is taken apart into its phases, measured on both
+    // sides of the daemon (the bench process connects for host to guest,
+    // its peer for guest to host).
     for r in results.iter().filter(|r| r["case"] == "setup") {
         for phase in ["connect_us", "exchange_us", "close_us"] {
             assert!(
@@ -128,8 +128,9 @@ fn quick_json_has_the_documented_shape() {
         assert!(
             results.iter().any(|r| r["case"] == "setup"
                 && r["transport"] == "hvsock"
+                && r["via"] == "daemon"
                 && r["direction"] == dir),
-            "no hvsock set-up row for {dir}"
+            "no hvsock set-up row through the daemon for {dir}"
         );
     }
     // Every Unix-socket row is its own reference.

@@ -272,8 +272,6 @@ fn work(job: &Job, ctl: &mut dyn Ctl, embedded: Option<&EmbeddedHost>) -> anyhow
     Ok(())
 }
 
-/// One set-up round on the accepting side: 1 byte in, 1 byte out, then the
-/// end of the stream.
 /// What [`connect_cycles`] measured: the whole time, and the median of
 /// each phase of a cycle.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -316,7 +314,7 @@ pub fn connect_cycles(
     count: usize,
     mut connect: impl FnMut(usize) -> anyhow::Result<Conn>,
 ) -> anyhow::Result<Cycles> {
-    let mut phases: [Vec<Duration>; 3] = Default::default();
+    let mut phases: [Vec<f64>; 3] = std::array::from_fn(|_| Vec::with_capacity(count));
     let mut byte = [0u8; 1];
     let start = Instant::now();
     for i in 0..count {
@@ -329,15 +327,13 @@ pub fn connect_cycles(
         drop(c);
         let t3 = Instant::now();
         for (phase, d) in phases.iter_mut().zip([t1 - t0, t2 - t1, t3 - t2]) {
-            phase.push(d);
+            phase.push(d.as_secs_f64() * 1e6);
         }
     }
     let elapsed_s = start.elapsed().as_secs_f64();
-    let [connect_us, exchange_us, close_us] = phases.map(|mut v| {
-        v.sort_unstable();
-        v.get(v.len() / 2)
-            .map_or(f64::NAN, |d| d.as_secs_f64() * 1e6)
-    });
+    // The same median as the runs' (the mean of the middle two of an even
+    // count).
+    let [connect_us, exchange_us, close_us] = phases.map(super::median);
     Ok(Cycles {
         elapsed_s,
         connect_us,
@@ -346,6 +342,8 @@ pub fn connect_cycles(
     })
 }
 
+/// One set-up round on the accepting side: 1 byte in, 1 byte out, then the
+/// end of the stream.
 pub fn serve_one(mut c: Conn) -> anyhow::Result<()> {
     let mut byte = [0u8; 1];
     c.read_exact(&mut byte)?;

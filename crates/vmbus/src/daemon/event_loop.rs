@@ -518,8 +518,8 @@ impl Core {
                     );
                     // Most datagrams carry no such descriptor, and waking
                     // the closer for nothing cost a context switch per
-                    // message (a fifth of the daemon's CPU in the set-up
-                    // benchmark).
+                    // message (half of the daemon's CPU per connection in
+                    // the set-up benchmark).
                     if !last_closes.is_empty() {
                         self.closer.close(last_closes);
                     }
