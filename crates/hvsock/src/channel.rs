@@ -341,14 +341,27 @@ impl ChannelIo {
             }
             let seen = self.signal.generation();
             // Reading the clock costs more than an attempt; look at it once
-            // every 256 spins.
-            let how = if !opts.nonblocking
-                && !spin.is_zero()
-                && (spins % 256 != 0 || !started.is_some_and(|t| t.elapsed() >= spin))
-            {
+            // every 256 spins. A spin ends when its time is up or when the
+            // caller's deadline passed (the final attempt then finds the
+            // deadline gone and times out, instead of spinning on).
+            let how = if opts.nonblocking || spin.is_zero() {
+                Attempt::Final
+            } else if spins % 256 != 0 {
                 Attempt::Spin
             } else {
-                Attempt::Final
+                match started {
+                    None => Attempt::Spin,
+                    Some(t) => {
+                        let now = Instant::now();
+                        if now.duration_since(t) >= spin
+                            || opts.deadline.is_some_and(|d| now >= d)
+                        {
+                            Attempt::Final
+                        } else {
+                            Attempt::Spin
+                        }
+                    }
+                }
             };
             if let Some(done) = attempt(self, how)? {
                 return Ok(done);

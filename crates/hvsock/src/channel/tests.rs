@@ -121,6 +121,33 @@ fn nonblocking_operations_would_block_and_timeouts_expire() {
 }
 
 #[test]
+fn a_busy_poll_spin_ends_at_the_callers_deadline() {
+    let (guest, host) = pair(6, 6);
+    // Spins far longer than the timeouts below: the deadline must end them.
+    host.set_busy_poll(Some(Duration::from_secs(30)));
+    guest.set_busy_poll(Some(Duration::from_secs(30)));
+    let started = Instant::now();
+    let mut buf = [0u8; 8];
+    let timed = Wait::timeout(false, Some(Duration::from_millis(20)));
+    assert_eq!(
+        host.read(&mut buf, timed).unwrap_err().kind(),
+        ErrorKind::TimedOut
+    );
+    fill(&guest);
+    let timed = Wait::timeout(false, Some(Duration::from_millis(20)));
+    assert_eq!(
+        guest.write(&[1; 64], timed).unwrap_err().kind(),
+        ErrorKind::TimedOut
+    );
+    // Not a timing assertion: the spins were 30 s each.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the spins ran past the deadlines: {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
 fn peek_does_not_consume() {
     let (guest, host) = pair(6, 6);
     write_all(&guest, b"hello world");
