@@ -353,8 +353,7 @@ impl ChannelIo {
                     None => Attempt::Spin,
                     Some(t) => {
                         let now = Instant::now();
-                        if now.duration_since(t) >= spin
-                            || opts.deadline.is_some_and(|d| now >= d)
+                        if now.duration_since(t) >= spin || opts.deadline.is_some_and(|d| now >= d)
                         {
                             Attempt::Final
                         } else {

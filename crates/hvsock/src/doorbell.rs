@@ -419,6 +419,9 @@ pub(crate) struct Doorbell {
     local_kick: std::sync::atomic::AtomicU32,
     /// `futex_waitv` works here (Linux 5.16+, not refused by a sandbox).
     futex_works: AtomicBool,
+    /// Tests: `futex_waitv` fails as on a kernel without it.
+    #[cfg(test)]
+    refuse_futex: AtomicBool,
     state: Mutex<BellState>,
     parked: Condvar,
     /// The background poller's own signal, fired only to stop it.
@@ -436,6 +439,8 @@ impl Doorbell {
             kick,
             local_kick: Default::default(),
             futex_works: AtomicBool::new(true),
+            #[cfg(test)]
+            refuse_futex: AtomicBool::new(false),
             state: Mutex::default(),
             parked: Condvar::new(),
             background: Arc::default(),
@@ -797,12 +802,21 @@ impl Doorbell {
             let t = futex::Timespec::try_from(t.min(Duration::from_secs(86_400))).ok()?;
             rustix::time::clock_gettime(rustix::time::ClockId::Monotonic).checked_add(t)
         });
-        match futex::waitv(
-            &waiters,
-            futex::WaitvFlags::empty(),
-            deadline.as_ref(),
-            futex::ClockId::Monotonic,
-        ) {
+        #[cfg(test)]
+        let refused = self.refuse_futex.load(Ordering::Relaxed);
+        #[cfg(not(test))]
+        let refused = false;
+        let slept = if refused {
+            Err(rustix::io::Errno::NOSYS)
+        } else {
+            futex::waitv(
+                &waiters,
+                futex::WaitvFlags::empty(),
+                deadline.as_ref(),
+                futex::ClockId::Monotonic,
+            )
+        };
+        match slept {
             Ok(_)
             | Err(
                 rustix::io::Errno::AGAIN | rustix::io::Errno::INTR | rustix::io::Errno::TIMEDOUT,

@@ -522,6 +522,36 @@ fn one_futex_link_is_slept_on_by_futex_and_its_peer_sends_no_byte() {
 }
 
 #[test]
+fn a_kernel_without_futex_waitv_falls_back_to_the_sockets() {
+    let (guest, bell, link) = served_link();
+    bell.refuse_futex.store(true, Ordering::Relaxed);
+    let signal = bell.register(&link, 3).unwrap();
+    let waiting = waiter(&bell, &signal, in_secs(20));
+    // One failed futex sleep, then the poller says "by socket" and sleeps
+    // in epoll for good.
+    until(&bell, "the poller sleeps on the sockets", |st| {
+        st.polling && !st.futex_polling
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while announced(&link) != WAKE_BY_SOCKET {
+        assert!(Instant::now() < deadline, "never announced: by socket");
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!bell.futex_works.load(Ordering::Relaxed));
+    guest.ring(3).unwrap();
+    assert!(waiting.join().unwrap(), "not woken by the socket");
+    // And so on, wait after wait.
+    for round in 0..3 {
+        let waiting = waiter(&bell, &signal, in_secs(20));
+        until(&bell, "someone polls", |st| st.polling);
+        assert!(!bell.lock().futex_polling, "round {round}");
+        guest.ring(3).unwrap();
+        assert!(waiting.join().unwrap(), "round {round}: not woken");
+    }
+    bell.stop();
+}
+
+#[test]
 fn a_peer_that_offers_no_futex_wakes_is_waited_for_on_its_socket() {
     let (guest, bell, link) = served_link();
     guest.offer_futex_wakes(false);
