@@ -989,6 +989,10 @@ impl Shared {
 
     fn release(&self, state: &mut State, key: ChannelKey) {
         match key {
+            // The host is gone: nobody is left to close the channel with.
+            ChannelKey::Relid(relid) if state.dead.is_some() => {
+                state.guest.channels.remove(&relid);
+            }
             ChannelKey::Relid(relid) => {
                 if let Some(GuestChannel::Open {
                     released,
@@ -1065,6 +1069,21 @@ impl Shared {
         // Nothing will open again (and no spare is made once dead): give
         // the spare's memory back now, not when the last handle goes.
         state.guest.spare_rings = None;
+        // Nor will the host answer a close: rings of channels still
+        // opening, closing, or released and waiting for the host are given
+        // back now too (the control thread that would have timed them out
+        // has ended). Open channels the application holds go when it
+        // releases them (see `release`).
+        state.guest.channels.retain(|_, c| {
+            matches!(
+                c,
+                GuestChannel::Open {
+                    released: false,
+                    ..
+                }
+            )
+        });
+        state.guest.close_timers.clear();
         self.changed.notify_all();
     }
 

@@ -469,6 +469,46 @@ fn endpoints_see_a_restarted_daemon_and_reconnect() {
 }
 
 #[test]
+fn a_dead_daemons_streams_give_their_rings_back_when_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("hv").join("host.sock");
+    let shm_before = maps_matching("memfd:hvsock-rings");
+    let mut daemon = daemon_child(&socket);
+    let root = Host::connect_daemon_at(&socket).unwrap();
+    let guest = Guest::connect_daemon_at(&socket, "alpha").unwrap();
+    let listener = VsockListener::bind(&guest, VsockAddr::new(u32::MAX, 8101)).unwrap();
+    let vm = vmbus::server::derived_vm_id("alpha");
+    let mut pairs = Vec::new();
+    for _ in 0..4 {
+        let h = HvStream::connect(&root, HvAddr::from_vsock_port(vm, 8101)).unwrap();
+        let (g, _) = listener.accept().unwrap();
+        g.set_read_timeout(Some(HANG)).unwrap();
+        pairs.push((g, h));
+    }
+    // One guest stream released while the host lives and its host end is
+    // still open: it waits for the host's close (up to 8 s) when the
+    // daemon dies.
+    let (early, early_host) = pairs.pop().unwrap();
+    drop(early);
+    assert!(maps_matching("memfd:hvsock-rings") > shm_before);
+
+    daemon.kill();
+    for (g, _) in &pairs {
+        let e = (&*g).read(&mut [0u8; 1]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}");
+    }
+    drop((pairs, early_host));
+    // The endpoints are still held (as an application that has not
+    // noticed would), yet no ring memory is left mapped.
+    let shm = settle(|| maps_matching("memfd:hvsock-rings"), |n| n <= shm_before);
+    assert!(
+        shm <= shm_before,
+        "{shm} ring mappings left (before: {shm_before}) with the daemon gone"
+    );
+    drop((listener, guest, root));
+}
+
+#[test]
 fn a_reader_that_stops_makes_the_writer_wait_without_growing() {
     let d = TestDaemon::start(&["alpha"]);
     let root = Host::connect_daemon_at(&d.socket).unwrap();
