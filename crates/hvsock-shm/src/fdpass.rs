@@ -124,12 +124,60 @@ pub struct Received {
 /// of dropping a connection.
 pub fn recv_message(socket: impl AsFd, buf: &mut [u8], max_fds: usize) -> Result<Received, Error> {
     let max_fds = max_fds.min(MAX_FDS_PER_MESSAGE);
+    let buf_len = buf.len();
+    let raw = recv_raw(socket, buf, max_fds)?;
+    // Dropping `raw.fds` on the way out closes them.
+    if raw.truncated {
+        return Err(Error::MessageTruncated {
+            buf_len,
+            received_fds: raw.fds.len(),
+        });
+    }
+    // The kernel sets CTRUNC when the descriptors did not fit; it closes the
+    // ones it could not deliver. Control space is rounded up to 8 bytes, so a
+    // few more than `max_fds` may fit without CTRUNC: refuse those too.
+    let mut fds = raw.fds;
+    let fds_lost = (raw.fds_cut || fds.len() > max_fds).then(|| {
+        let arrived = fds.len();
+        fds.clear();
+        arrived
+    });
+    Ok(Received {
+        len: raw.len,
+        fds,
+        fds_lost,
+    })
+}
+
+/// One message as [`recv_raw`] received it, with no policy applied.
+#[derive(Debug)]
+pub struct RawReceived {
+    /// Bytes of the message in the buffer.
+    pub len: usize,
+    /// Every descriptor that arrived, whatever else went wrong: the caller
+    /// decides where they are closed.
+    pub fds: Vec<OwnedFd>,
+    /// The message was longer than the buffer (`SOCK_SEQPACKET`); the rest
+    /// of it is lost.
+    pub truncated: bool,
+    /// Not every descriptor sent arrived (no room in the control buffer, or
+    /// none left in this process); the kernel closed the others.
+    pub fds_cut: bool,
+}
+
+/// Receives one message and every descriptor that arrived with it (room for
+/// `max_fds`, capped at [`MAX_FDS_PER_MESSAGE`], and a few more the control
+/// buffer's rounding allows), refusing nothing: for a receiver that must
+/// choose where a peer's descriptors are closed (a close can wait, for a
+/// socket that lingers), even those of a message it refuses.
+/// [`recv_message`] and [`recv_with_fds`] are this with a policy.
+pub fn recv_raw(socket: impl AsFd, buf: &mut [u8], max_fds: usize) -> Result<RawReceived, Error> {
+    let max_fds = max_fds.min(MAX_FDS_PER_MESSAGE);
     // Headroom for RecvAncillaryBuffer aligning the start of the buffer to a
-    // cmsghdr; any room this leaves for extra descriptors is policed below.
+    // cmsghdr.
     let align = std::mem::align_of::<u64>();
     let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(max_fds)) + align];
     let mut control = RecvAncillaryBuffer::new(&mut space);
-    let buf_len = buf.len();
     let mut iov = [IoSliceMut::new(buf)];
     let msg = loop {
         match net::recvmsg(&socket, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
@@ -144,32 +192,17 @@ pub fn recv_message(socket: impl AsFd, buf: &mut [u8], max_fds: usize) -> Result
             }
         }
     };
-    // Take ownership of every descriptor first, so that each early return
-    // below closes them (OwnedFd's drop).
     let mut fds = Vec::new();
     for message in control.drain() {
         if let RecvAncillaryMessage::ScmRights(received) = message {
             fds.extend(received);
         }
     }
-    // The kernel sets CTRUNC when the descriptors did not fit; it closes the
-    // ones it could not deliver. Control space is rounded up to 8 bytes, so a
-    // few more than `max_fds` may fit without CTRUNC: refuse those too.
-    if msg.flags.contains(ReturnFlags::TRUNC) {
-        return Err(Error::MessageTruncated {
-            buf_len,
-            received_fds: fds.len(),
-        });
-    }
-    let fds_lost = (msg.flags.contains(ReturnFlags::CTRUNC) || fds.len() > max_fds).then(|| {
-        let arrived = fds.len();
-        fds.clear();
-        arrived
-    });
-    Ok(Received {
+    Ok(RawReceived {
         len: msg.bytes,
         fds,
-        fds_lost,
+        truncated: msg.flags.contains(ReturnFlags::TRUNC),
+        fds_cut: msg.flags.contains(ReturnFlags::CTRUNC),
     })
 }
 

@@ -27,7 +27,10 @@ mod signal_socket;
 
 pub use error::Error;
 pub use eventfd::EventFd;
-pub use fdpass::{recv_message, recv_with_fds, send_with_fds, Received, MAX_FDS_PER_MESSAGE};
+pub use fdpass::{
+    recv_message, recv_raw, recv_with_fds, send_with_fds, RawReceived, Received,
+    MAX_FDS_PER_MESSAGE,
+};
 pub use mapping::Mapping;
 pub use memfd::SharedMemory;
 pub use ring_mem::{ring_pair, RingPair, SharedRingMem};

@@ -806,35 +806,10 @@ fn the_embedded_host_runs_the_same_loop() {
 /// last close, on the loop, for as long as a lingering socket takes.
 #[test]
 fn a_parked_gpadl_descriptor_is_not_closed_last_on_the_loop() {
-    use rustix::net::sockopt;
-    use std::io::Write;
-    use std::net::{TcpListener, TcpStream};
-
     let d = Running::start(&["alpha"]);
     let control_client = client(&d.socket);
     let g = guest(&d.vm_socket("alpha"));
-
-    // A TCP socket whose close lingers: unsent data behind a full window.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    sockopt::set_socket_recv_buffer_size(&listener, 4096).unwrap();
-    let tcp = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (_peer, _) = listener.accept().unwrap();
-    sockopt::set_socket_send_buffer_size(&tcp, 4096).unwrap();
-    tcp.set_nonblocking(true).unwrap();
-    let chunk = [0u8; 4096];
-    let mut tries = 5;
-    loop {
-        match (&tcp).write(&chunk) {
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && tries > 0 => {
-                tries -= 1;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) => panic!("{e}"),
-        }
-    }
-    sockopt::set_socket_linger(&tcp, Some(Duration::from_secs(3))).unwrap();
+    let (tcp, _peer) = lingering_tcp_socket();
 
     // A header that needs bodies (relid 1, handle 9), carrying the TCP
     // socket.
@@ -867,14 +842,106 @@ fn a_parked_gpadl_descriptor_is_not_closed_last_on_the_loop() {
     // the parked socket, for the last time, on the loop's thread).
     drop(g);
     std::thread::sleep(Duration::from_millis(100));
+    assert_loop_answers_at_once(&control_client);
+}
+
+/// A TCP socket whose last close lingers (3 s): unsent data behind a full
+/// window. Returns it and its peer, which must be kept open.
+fn lingering_tcp_socket() -> (std::net::TcpStream, std::net::TcpStream) {
+    use rustix::net::sockopt;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    sockopt::set_socket_recv_buffer_size(&listener, 4096).unwrap();
+    let tcp = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (peer, _) = listener.accept().unwrap();
+    sockopt::set_socket_send_buffer_size(&tcp, 4096).unwrap();
+    tcp.set_nonblocking(true).unwrap();
+    let chunk = [0u8; 4096];
+    let mut tries = 5;
+    loop {
+        match (&tcp).write(&chunk) {
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && tries > 0 => {
+                tries -= 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    sockopt::set_socket_linger(&tcp, Some(Duration::from_secs(3))).unwrap();
+    (tcp, peer)
+}
+
+/// The loop answers a request at once: it is not stuck in a client's
+/// close (which lingers 3 s in these tests).
+fn assert_loop_answers_at_once(control_client: &OwnedFd) {
     let start = Instant::now();
-    let ExtEvent::VmList { .. } = control::request(&control_client, &ExtRequest::VmList).unwrap()
+    let ExtEvent::VmList { .. } = control::request(control_client, &ExtRequest::VmList).unwrap()
     else {
-        panic!()
+        panic!("expected the VM list")
     };
     let took = start.elapsed();
     assert!(
         took < Duration::from_secs(1),
         "the loop was stuck {took:?} in a client's close"
     );
+}
+
+/// Another route to the same: a datagram longer than the loop's receive
+/// buffer (64 KiB) is cut by the kernel, with its descriptors delivered.
+/// They used to be dropped right there, on the loop, before any copy was
+/// made; now they go to the closer with the client.
+#[test]
+fn an_oversized_datagrams_descriptor_is_not_closed_last_on_the_loop() {
+    let d = Running::start(&["alpha"]);
+    let control_client = client(&d.socket);
+    let g = client(&d.vm_socket("alpha"));
+    let (tcp, _peer) = lingering_tcp_socket();
+    // 100 KiB: more than the loop's buffer, less than this send buffer.
+    rustix::net::sockopt::set_socket_send_buffer_size(&g, 1 << 20).unwrap();
+    send_with_fds(&g, &vec![0u8; 100 * 1024], &[tcp.as_fd()]).unwrap();
+    drop(tcp);
+    // Received (and refused) within this pause; the request after it would
+    // wait out the linger if the loop had closed the socket itself.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_loop_answers_at_once(&control_client);
+    assert!(
+        closed_within(&g, Duration::from_secs(5)),
+        "the client that sent it is dropped"
+    );
+}
+
+/// The bodies of a header refused at once (its descriptor is not a memfd)
+/// are ignored, and the guest stays connected: one failed GPADL_CREATED.
+#[test]
+fn bodies_of_a_refused_gpadl_header_are_ignored() {
+    let d = Running::start(&["alpha"]);
+    let g = guest(&d.vm_socket("alpha"));
+    let not_memfd = EventFd::new().unwrap();
+    let gpadl = Gpadl::ring(1, 9, (0..64u64).collect());
+    let (header, bodies) = gpadl.split().unwrap();
+    assert!(!bodies.is_empty());
+    send_vmbus(&g, Message::GpadlHeader(header), &[&not_memfd]);
+    for b in bodies {
+        send_vmbus(&g, Message::GpadlBody(b), &[]);
+    }
+    send_vmbus(&g, Message::RequestOffers, &[]);
+    let mut created = Vec::new();
+    loop {
+        match recv_vmbus(&g) {
+            Message::AllOffersDelivered => break,
+            Message::GpadlCreated {
+                child_relid,
+                gpadl,
+                creation_status,
+            } => created.push((child_relid, gpadl, creation_status)),
+            _ => {}
+        }
+    }
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert_eq!((created[0].0, created[0].1), (1, 9));
+    assert_ne!(created[0].2, 0, "the header must be refused");
 }

@@ -484,27 +484,34 @@ impl Core {
             let Some(conn) = self.conns.get(&token) else {
                 return;
             };
+            // Raw: every descriptor that arrived is ours to place, even
+            // those of a datagram we refuse, so that none is closed for the
+            // last time here.
             let received =
-                hvsock_shm::recv_with_fds(&conn.fd, &mut self.buf, hvsock_shm::MAX_FDS_PER_MESSAGE);
+                hvsock_shm::recv_raw(&conn.fd, &mut self.buf, hvsock_shm::MAX_FDS_PER_MESSAGE);
             match received {
-                Ok((0, fds)) if fds.is_empty() => {
+                Ok(r) if r.len == 0 && r.fds.is_empty() && !r.truncated => {
                     self.gone(token, "closed its socket");
                     return;
                 }
-                Ok((_, fds)) if fds.len() > MAX_INCOMING_FDS => {
-                    let count = fds.len();
-                    self.closer.close(fds);
-                    self.gone(
-                        token,
-                        &format!(
-                            "sent a datagram with {count} descriptors (at most \
-                             {MAX_INCOMING_FDS})"
-                        ),
-                    );
+                Ok(r) if r.truncated || r.fds_cut || r.fds.len() > MAX_INCOMING_FDS => {
+                    let why = if r.truncated {
+                        format!("sent a datagram longer than {} bytes", self.buf.len())
+                    } else {
+                        format!(
+                            "sent a datagram with {}{} descriptors (at most \
+                             {MAX_INCOMING_FDS})",
+                            if r.fds_cut { "more than " } else { "" },
+                            r.fds.len()
+                        )
+                    };
+                    self.closer.close(r.fds);
+                    self.gone(token, &why);
                     return;
                 }
-                Ok((n, fds)) => {
-                    let bytes = self.buf[..n].to_vec();
+                Ok(r) => {
+                    let bytes = self.buf[..r.len].to_vec();
+                    let fds = r.fds;
                     // Copies of what the server may close, so that its
                     // close is not the last.
                     let last_closes = self.closer.copies_of_risky(&fds);
@@ -526,13 +533,6 @@ impl Core {
                     self.actions();
                 }
                 Err(e) if would_block(&e) => return,
-                Err(
-                    e @ (hvsock_shm::Error::FdsTruncated { .. }
-                    | hvsock_shm::Error::MessageTruncated { .. }),
-                ) => {
-                    self.gone(token, &format!("sent a datagram it may not send: {e}"));
-                    return;
-                }
                 Err(e) => {
                     self.gone(token, &format!("socket error: {e}"));
                     return;
