@@ -33,6 +33,9 @@ use crate::doorbell::{Doorbell, Link};
 use crate::error::{err, shm_io};
 use crate::wait::Waiter;
 
+#[cfg(test)]
+mod tests;
+
 /// How long a closed guest connection waits for the host's rescind before
 /// tearing the channel down itself (the seed's delayed close).
 pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(8);
@@ -248,6 +251,10 @@ struct Shared {
     stop: EventFd,
     /// The signal links to our peers and the channels waiting on them.
     bell: Arc<Doorbell>,
+    /// Tests: how long a connect that gave up waits before it takes the
+    /// lock again, to widen the window in which its channel opens.
+    #[cfg(test)]
+    relock_delay: std::sync::Mutex<Duration>,
 }
 
 #[derive(Debug)]
@@ -283,6 +290,8 @@ impl Endpoint {
             changed: Condvar::new(),
             stop: EventFd::new().map_err(shm_io)?,
             bell: Doorbell::new()?,
+            #[cfg(test)]
+            relock_delay: std::sync::Mutex::default(),
         });
         let thread = {
             let shared = shared.clone();
@@ -383,8 +392,7 @@ impl Endpoint {
             listener.close("the listener was closed");
             shared.send_ext(&mut state, &ExtRequest::GuestUnlisten { port });
             while let Some(ready) = listener.pop() {
-                let _ = ready.io.shutdown_write_for_close();
-                shared.release(&mut state, ready.key);
+                shared.give_back(&mut state, ready);
             }
         }
     }
@@ -430,8 +438,18 @@ impl Endpoint {
             .map(|(_, ready)| ready);
         if result.is_err() {
             // Timed out or the host went away: a late offer finds no
-            // connect and is refused.
-            shared.lock().guest.connects.remove(&key);
+            // connect and is refused. A channel that opened between our
+            // timeout and this lock is given back, not dropped (it would
+            // stay open, its rings mapped, for as long as the endpoint).
+            shared.before_relock();
+            let mut state = shared.lock();
+            if let Some(GuestConnect {
+                result: Some(Ok(ready)),
+                ..
+            }) = state.guest.connects.remove(&key)
+            {
+                shared.give_back(&mut state, ready);
+            }
         }
         result
     }
@@ -487,8 +505,7 @@ impl Endpoint {
             listener.close("the listener was closed");
             shared.send_ext(&mut state, &ExtRequest::HostUnlisten { service_id, vm_id });
             while let Some(ready) = listener.pop() {
-                let _ = ready.io.shutdown_write_for_close();
-                shared.release(&mut state, ready.key);
+                shared.give_back(&mut state, ready);
             }
         }
     }
@@ -529,9 +546,16 @@ impl Endpoint {
                 ready
             });
         if result.is_err() {
+            shared.before_relock();
             let mut state = shared.lock();
-            if state.host.connects.remove(&request).is_some() {
-                shared.send_ext(&mut state, &ExtRequest::HostCancel { request });
+            match state.host.connects.remove(&request) {
+                // Still pending: the host drops it.
+                Some(None) => shared.send_ext(&mut state, &ExtRequest::HostCancel { request }),
+                // Connected between our timeout and this lock: the host
+                // ignores a cancel by then, so the connection is closed like
+                // any other.
+                Some(Some(Ok(ready))) => shared.give_back(&mut state, ready),
+                Some(Some(Err(_))) | None => {}
             }
         }
         result
@@ -933,8 +957,7 @@ impl Shared {
             Some(port) => match state.guest.listeners.get(&port) {
                 Some((listener, _)) => listener.push(ready),
                 None => {
-                    let _ = ready.io.shutdown_write_for_close();
-                    self.release(state, ready.key);
+                    self.give_back(state, ready);
                 }
             },
             None => {
@@ -946,8 +969,7 @@ impl Shared {
                     }
                     None => {
                         // The connect gave up while the channel opened.
-                        let _ = ready.io.shutdown_write_for_close();
-                        self.release(state, ready.key);
+                        self.give_back(state, ready);
                     }
                 }
             }
@@ -985,6 +1007,20 @@ impl Shared {
                 let _ = state.guest.client.close(relid);
             }
         }
+    }
+
+    /// Tests widen the window between a connect giving up and its taking
+    /// the lock again; otherwise nothing.
+    fn before_relock(&self) {
+        #[cfg(test)]
+        std::thread::sleep(*lock(&self.relock_delay));
+    }
+
+    /// Closes a connection nobody will be handed (a listener gone, a
+    /// connect that gave up): its FIN, then the release.
+    fn give_back(&self, state: &mut State, ready: Ready) {
+        let _ = ready.io.shutdown_write_for_close();
+        self.release(state, ready.key);
     }
 
     fn release(&self, state: &mut State, key: ChannelKey) {
