@@ -374,7 +374,7 @@ impl Endpoint {
                 ListenRequest {
                     key: port,
                     results: |state| &mut state.guest.listen_results,
-                    forget: |state, port| state.guest.listeners.remove(port).is_some(),
+                    forget: |state, port| state.guest.listeners.remove(port).map(|(l, _)| l),
                     listen: ExtRequest::GuestListen { port },
                     unlisten: ExtRequest::GuestUnlisten { port },
                     refused: |reason| err(io::ErrorKind::AddrInUse, reason),
@@ -480,7 +480,7 @@ impl Endpoint {
                 ListenRequest {
                     key,
                     results: |state| &mut state.host.listen_results,
-                    forget: |state, key| state.host.listeners.remove(key).is_some(),
+                    forget: |state, key| state.host.listeners.remove(key),
                     listen: ExtRequest::HostListen { service_id, vm_id },
                     unlisten: ExtRequest::HostUnlisten { service_id, vm_id },
                     refused: |reason| {
@@ -585,8 +585,8 @@ struct ListenRequest<K> {
     key: K,
     /// Where the host's answers for this role land.
     results: fn(&mut State) -> &mut ListenResults<K>,
-    /// Removes the listener registered for `key`; whether it was there.
-    forget: fn(&mut State, &K) -> bool,
+    /// Removes the listener registered for `key`, if it is still there.
+    forget: fn(&mut State, &K) -> Option<Arc<ListenerShared>>,
     listen: ExtRequest,
     unlisten: ExtRequest,
     /// The error for the host's refusal.
@@ -596,8 +596,9 @@ struct ListenRequest<K> {
 impl Shared {
     /// Asks the host to route `request.key` to us (the listener is
     /// registered already, see `guest_listen`) and waits for its answer. On
-    /// failure the listener is forgotten again, and the host told to stop
-    /// routing if it may have said yes after we gave up.
+    /// failure the listener is forgotten again, the host told to stop
+    /// routing if it may have said yes after we gave up, and connections it
+    /// routed meanwhile are closed.
     fn await_listen<K: Eq + std::hash::Hash + Copy>(
         &self,
         mut state: MutexGuard<'_, State>,
@@ -629,10 +630,19 @@ impl Shared {
             Err(e) => Err(e),
         };
         if let Err(e) = &result {
+            self.before_relock();
             let mut state = self.lock();
             results(&mut state).remove(&key);
-            if forget(&mut state, &key) && e.kind() == io::ErrorKind::TimedOut {
-                self.send_ext(&mut state, &unlisten);
+            if let Some(listener) = forget(&mut state, &key) {
+                if e.kind() == io::ErrorKind::TimedOut {
+                    self.send_ext(&mut state, &unlisten);
+                }
+                // A yes after our timeout lets connections through before
+                // the unlisten arrives; nobody will accept them.
+                listener.close("the listen request failed");
+                while let Some(ready) = listener.pop() {
+                    self.give_back(&mut state, ready);
+                }
             }
         }
         result
