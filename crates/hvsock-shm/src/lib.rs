@@ -32,7 +32,7 @@ pub use fdpass::{
     MAX_FDS_PER_MESSAGE,
 };
 pub use mapping::Mapping;
-pub use memfd::SharedMemory;
+pub use memfd::{is_memfd, SharedMemory};
 pub use ring_mem::{ring_pair, RingPair, SharedRingMem};
 pub use signal_socket::{signal_pair, SignalReceiver, SignalSender};
 

@@ -141,6 +141,14 @@ fn check_len(len: u64) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether `fd` is a memfd (a file whose seals can be read). The daemon's
+/// rule for descriptors a client sends: only these may be kept past the
+/// datagram that brought them, since their last close never waits on
+/// anyone (a socket's may linger).
+pub fn is_memfd(fd: impl AsFd) -> bool {
+    fs::fcntl_get_seals(fd).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -167,7 +167,7 @@ impl Closer {
     /// left to its luck.
     fn copies_of_risky(&self, fds: &[OwnedFd]) -> Vec<OwnedFd> {
         fds.iter()
-            .filter(|fd| rustix::fs::fcntl_get_seals(fd).is_err())
+            .filter(|fd| !hvsock_shm::is_memfd(fd))
             .filter_map(|fd| fd.try_clone().ok())
             .collect()
     }

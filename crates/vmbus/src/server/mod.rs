@@ -1033,7 +1033,7 @@ impl Server {
         // datagram is handled, and a descriptor parked here and dropped
         // later (a socket lingering on close) would be closed for the last
         // time on the loop's thread, stalling every VM.
-        if rustix::fs::fcntl_get_seals(&fd).is_err() {
+        if !hvsock_shm::is_memfd(&fd) {
             tracing::warn!(
                 client = client.0,
                 "GPADL {:#x} refused: its descriptor is not a memfd",
