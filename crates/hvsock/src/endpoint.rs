@@ -368,19 +368,17 @@ impl Endpoint {
             .guest
             .listeners
             .insert(port, (listener.clone(), pages));
-        shared
-            .await_listen(
-                state,
-                ListenRequest {
-                    key: port,
-                    results: |state| &mut state.guest.listen_results,
-                    forget: |state, port| state.guest.listeners.remove(port).map(|(l, _)| l),
-                    listen: ExtRequest::GuestListen { port },
-                    unlisten: ExtRequest::GuestUnlisten { port },
-                    refused: |reason| err(io::ErrorKind::AddrInUse, reason),
-                },
-            )
-            .inspect_err(|_| listener.close("the listen request failed"))?;
+        shared.await_listen(
+            state,
+            ListenRequest {
+                key: port,
+                results: |state| &mut state.guest.listen_results,
+                forget: |state, port| state.guest.listeners.remove(port).map(|(l, _)| l),
+                listen: ExtRequest::GuestListen { port },
+                unlisten: ExtRequest::GuestUnlisten { port },
+                refused: |reason| err(io::ErrorKind::AddrInUse, reason),
+            },
+        )?;
         Ok(listener)
     }
 
@@ -474,26 +472,24 @@ impl Endpoint {
         // Registered before asking (see `guest_listen`).
         let listener = ListenerShared::new(backlog)?;
         state.host.listeners.insert(key, listener.clone());
-        shared
-            .await_listen(
-                state,
-                ListenRequest {
-                    key,
-                    results: |state| &mut state.host.listen_results,
-                    forget: |state, key| state.host.listeners.remove(key),
-                    listen: ExtRequest::HostListen { service_id, vm_id },
-                    unlisten: ExtRequest::HostUnlisten { service_id, vm_id },
-                    refused: |reason| {
-                        let kind = if reason.contains("no VM") || reason.contains("unknown") {
-                            io::ErrorKind::NotFound
-                        } else {
-                            io::ErrorKind::AddrInUse
-                        };
-                        err(kind, reason)
-                    },
+        shared.await_listen(
+            state,
+            ListenRequest {
+                key,
+                results: |state| &mut state.host.listen_results,
+                forget: |state, key| state.host.listeners.remove(key),
+                listen: ExtRequest::HostListen { service_id, vm_id },
+                unlisten: ExtRequest::HostUnlisten { service_id, vm_id },
+                refused: |reason| {
+                    let kind = if reason.contains("no VM") || reason.contains("unknown") {
+                        io::ErrorKind::NotFound
+                    } else {
+                        io::ErrorKind::AddrInUse
+                    };
+                    err(kind, reason)
                 },
-            )
-            .inspect_err(|_| listener.close("the listen request failed"))?;
+            },
+        )?;
         Ok(listener)
     }
 
@@ -596,7 +592,7 @@ struct ListenRequest<K> {
 impl Shared {
     /// Asks the host to route `request.key` to us (the listener is
     /// registered already, see `guest_listen`) and waits for its answer. On
-    /// failure the listener is forgotten again, the host told to stop
+    /// failure the listener is forgotten and closed, the host told to stop
     /// routing if it may have said yes after we gave up, and connections it
     /// routed meanwhile are closed.
     fn await_listen<K: Eq + std::hash::Hash + Copy>(
